@@ -1,0 +1,1 @@
+"""Memory Mosaics: networks of associative memories."""
