@@ -1,0 +1,23 @@
+"""Memory Mosaic layers: feature extractors, bandwidths, contextual and persistent memories."""
+
+from .bandwidth import AdaptiveBandwidth, FixedBandwidth, LearnedBandwidth, make_bandwidth
+from .cache import GrowingBuffer
+from .contextual import ContextualMemory, ContextualState
+from .extractors import ComplexLinear, GatedLeakyKey, LeakyAverageKey, LinearKey, PeekValue
+from .persistent import PersistentMemory
+
+__all__ = [
+    "AdaptiveBandwidth",
+    "FixedBandwidth",
+    "LearnedBandwidth",
+    "make_bandwidth",
+    "GrowingBuffer",
+    "ContextualMemory",
+    "ContextualState",
+    "ComplexLinear",
+    "GatedLeakyKey",
+    "LeakyAverageKey",
+    "LinearKey",
+    "PeekValue",
+    "PersistentMemory",
+]

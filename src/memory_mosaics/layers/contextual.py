@@ -1,0 +1,146 @@
+"""Contextual memory (C-mem, spec section 2): a feature extractor plus an associative memory that
+fills up with (key, value) pairs during inference.
+
+    y_t = W_o concat_h sum_{s: min_lag <= t-s <= max_lag} softmax_s(beta_h(n_t) k_t . k_s) v_s
+
+``k`` comes from a key extractor (leaky average for language), normalised to unit length when
+``normalize_keys``; ``v`` from a value extractor with a one-step peek; ``beta`` from a bandwidth
+module; ``W_o`` is the combining projection (``c_proj``). With ``min_lag = 1`` and no window this
+is the memory of the Memory Mosaics paper; v2's short- and long-term memories set the lags.
+
+Decoding: the memory IS the cache. :meth:`prefill` returns a :class:`ContextualState` holding the
+stored pairs, the key extractor's state, and the newest key and ``v~`` whose value is completed by
+:meth:`step` when the next input arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..ops.retrieval import causal_retrieval, causal_retrieval_weights, memory_readout
+from .cache import GrowingBuffer
+from .extractors import PeekValue, merge_heads
+
+
+@dataclass
+class ContextualState:
+    """Decoding state of one contextual memory (batch B, heads H).
+
+    keys / values: stored pairs (B, H, n, Dh); pending_key (B, H, 1, Dh) and pending_value
+    (v~, B, H, 1, Dh) of the newest input; key_state: key-extractor state (B, H, Dh) or None;
+    t: number of inputs seen.
+    """
+
+    keys: GrowingBuffer
+    values: GrowingBuffer
+    pending_key: Tensor
+    pending_value: Tensor
+    key_state: Tensor | None
+    t: int
+
+
+class ContextualMemory(nn.Module):
+    """Multi-head contextual memory.
+
+    Args:
+        key: key extractor, ``(x, state) -> (kbar (B, H, T, Dh), state)``.
+        value: :class:`PeekValue`.
+        bandwidth: ``n (T,) -> beta (1 or H, T)``.
+        proj: combining projection W_o, (B, T, H * Dh) -> (B, T, d_out).
+        normalize_keys: unit-normalise keys (language models) or not (three moons).
+        min_lag, max_lag: which stored pairs a query may read (see :mod:`..ops.retrieval`).
+        attn_dropout: dropout on the retrieval weights; resid_dropout: on the output.
+    """
+
+    def __init__(
+        self,
+        key: nn.Module,
+        value: PeekValue,
+        bandwidth: nn.Module,
+        proj: nn.Module,
+        normalize_keys: bool = True,
+        min_lag: int = 1,
+        max_lag: int | None = None,
+        attn_dropout: float = 0.0,
+        resid_dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.key, self.value, self.bandwidth, self.c_proj = key, value, bandwidth, proj
+        self.normalize_keys = normalize_keys
+        self.min_lag, self.max_lag = min_lag, max_lag
+        self.attn_dropout = attn_dropout
+        self.resid_dropout = nn.Dropout(resid_dropout)
+
+    def _keys(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        kbar, key_state = self.key(x, state)
+        k = kbar / kbar.norm(dim=-1, keepdim=True) if self.normalize_keys else kbar
+        return k, key_state
+
+    def visible_pairs(self, t: Tensor) -> Tensor:
+        """Number of stored pairs the query at (0-based) time t may read: (T,) -> (T,)."""
+        hi = t - self.min_lag + 1
+        lo = torch.zeros_like(t) if self.max_lag is None else (t - self.max_lag).clamp(min=0)
+        return (hi - lo).clamp(min=0)
+
+    def _query(self, k: Tensor, t: Tensor) -> Tensor:
+        """q_t = beta(n_t) k_t; k (B, H, T, Dh), t (T,)."""
+        beta = self.bandwidth(self.visible_pairs(t)).to(k.dtype)  # (1 or H, T)
+        return k * beta[None, :, :, None]
+
+    def _retrieve(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        k, key_state = self._keys(x, None)
+        v, v_tilde = self.value(x)
+        q = self._query(k, torch.arange(x.shape[1], device=x.device))
+        p = self.attn_dropout if self.training else 0.0
+        y = causal_retrieval(q, k, v, self.min_lag, self.max_lag, dropout_p=p)
+        return y, k, v, v_tilde, key_state
+
+    def _output(self, y: Tensor) -> Tensor:
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, d_in) -> (B, T, d_out). The output at t uses inputs up to t only."""
+        return self._output(self._retrieve(x)[0])
+
+    def attention(self, x: Tensor) -> Tensor:
+        """Retrieval weights (B, H, T, T) for inspection: row t is the distribution over pairs s."""
+        k, _ = self._keys(x, None)
+        q = self._query(k, torch.arange(x.shape[1], device=x.device))
+        return causal_retrieval_weights(q, k, self.min_lag, self.max_lag)
+
+    @torch.no_grad()
+    def prefill(self, x: Tensor) -> tuple[Tensor, ContextualState]:
+        """Full forward over a prompt x (B, T, d_in), returning the output and the decoding state."""
+        y, k, v, v_tilde, key_state = self._retrieve(x)
+        state = ContextualState(
+            keys=GrowingBuffer(k[:, :, :-1]),
+            values=GrowingBuffer(v[:, :, :-1]),
+            pending_key=k[:, :, -1:],
+            pending_value=v_tilde[:, :, -1:],
+            key_state=key_state,
+            t=x.shape[1],
+        )
+        return self._output(y), state
+
+    @torch.no_grad()
+    def step(self, x: Tensor, state: ContextualState) -> Tensor:
+        """One new input x (B, 1, d_in): complete and store the previous pair, then answer.
+
+        Updates ``state`` in place and returns the output (B, 1, d_out).
+        """
+        k, state.key_state = self._keys(x, state.key_state)
+        v_tilde = self.value.project(x)
+        state.keys.append(state.pending_key)
+        state.values.append(self.value.mix(state.pending_value, v_tilde))  # v_{t-1} peeks at x_t
+        state.pending_key, state.pending_value = k, v_tilde
+        t = state.t
+        stop = t - self.min_lag + 1
+        start = 0 if self.max_lag is None else max(0, t - self.max_lag)
+        q = self._query(k, torch.tensor([t], device=x.device))
+        y = memory_readout(q, state.keys.view(start, max(start, stop)), state.values.view(start, max(start, stop)))
+        state.t = t + 1
+        return self._output(y)

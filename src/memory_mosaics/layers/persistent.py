@@ -1,0 +1,66 @@
+"""Persistent memory (P-mem, spec 2.2): N trainable (key, value) pairs per head, fixed at inference.
+
+    q_t = beta_h * kbar_t / ||kbar_t||           (its own leaky-average key extractor)
+    y_t = W_o concat_h alpha_h sum_{i=1}^{N} softmax_i(q_t . kappa_i) u_i
+
+kappa, u ~ N(0, 1/Dh), not normalised; alpha_h = exp(10 theta_h), theta init -0.05 (reference).
+With N = 3.5 d a P-mem has 2 d^2 + 2 N d = 9 d^2 weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..ops.retrieval import memory_readout
+from .extractors import EXP_SCALE, merge_heads
+
+
+class PersistentMemory(nn.Module):
+    """Args: key extractor, bandwidth, n_head, head_dim, size N (pairs per head), proj W_o, dropouts."""
+
+    def __init__(
+        self,
+        key: nn.Module,
+        bandwidth: nn.Module,
+        n_head: int,
+        head_dim: int,
+        size: int,
+        proj: nn.Module,
+        attn_dropout: float = 0.0,
+        resid_dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.key, self.bandwidth, self.c_proj = key, bandwidth, proj
+        self.kappa = nn.Parameter(torch.randn(1, n_head, size, head_dim) / math.sqrt(head_dim))
+        self.u = nn.Parameter(torch.randn(1, n_head, size, head_dim) / math.sqrt(head_dim))
+        self.theta = nn.Parameter(torch.full((n_head,), -0.5 / EXP_SCALE))
+        self.attn_dropout = attn_dropout
+        self.resid_dropout = nn.Dropout(resid_dropout)
+
+    def _forward(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        kbar, key_state = self.key(x, key_state)
+        k = kbar / kbar.norm(dim=-1, keepdim=True)
+        n = torch.full((x.shape[1],), self.kappa.shape[2], device=x.device)
+        q = k * self.bandwidth(n).to(k.dtype)[None, :, :, None]
+        p = self.attn_dropout if self.training else 0.0
+        alpha = (EXP_SCALE * self.theta).exp().view(1, -1, 1, 1)
+        y = alpha * memory_readout(q, self.kappa, self.u, dropout_p=p)
+        return self.resid_dropout(self.c_proj(merge_heads(y))), key_state
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, d_in) -> (B, T, d_out)."""
+        return self._forward(x, None)[0]
+
+    @torch.no_grad()
+    def prefill(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Output and the key extractor's state after x."""
+        return self._forward(x, None)
+
+    @torch.no_grad()
+    def step(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One input x (B, 1, d_in) continuing from ``key_state``."""
+        return self._forward(x, key_state)

@@ -1,0 +1,211 @@
+"""What every language model of the project shares: config (de)serialisation, input checks,
+the loss, weight-decay groups, safetensors save/load and sampling-based generation.
+
+A subclass provides ``config_class`` and four methods:
+
+* ``forward(idx, targets=None)`` -> logits (B, T, V), or (logits, loss) with targets;
+* ``prefill(idx)`` -> (logits of the last position (B, V), decoding state);
+* ``step(idx_t (B, 1), state)`` -> logits (B, V), updating the state in place.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import Tensor
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+IGNORE_INDEX = -100
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Base of the model configs: validation and a JSON round trip."""
+
+    model_type = "base"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        kind = d.pop("model_type", cls.model_type)
+        if kind != cls.model_type:
+            raise ValueError(f"config is for model_type {kind!r}, not {cls.model_type!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+    def _check_positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def _check_probability(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class LanguageModel(nn.Module, abc.ABC):
+    """Shared behaviour of :class:`MosaicLM` and :class:`GPTLM`."""
+
+    config_class: type[ModelConfig] = ModelConfig
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    # ------------------------------------------------------------------ inputs and loss
+    def check_tokens(self, idx: Tensor) -> None:
+        """Raise ValueError unless idx is a non-empty (B, T) integer tensor of ids in [0, vocab)."""
+        if not isinstance(idx, Tensor):
+            raise ValueError(f"token ids must be a torch.Tensor, got {type(idx).__name__}")
+        if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"token ids must be an integer tensor, got dtype {idx.dtype}")
+        if idx.dim() != 2:
+            raise ValueError(f"token ids must have shape (batch, time), got {tuple(idx.shape)}")
+        if idx.numel() == 0:
+            raise ValueError(f"token ids must be non-empty, got shape {tuple(idx.shape)}")
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside [0, {self.config.vocab_size})")
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Mean next-token cross-entropy; targets (B, T), IGNORE_INDEX (-100) positions skipped."""
+        if targets.shape != logits.shape[:2]:
+            raise ValueError(f"targets shape {tuple(targets.shape)} != inputs shape {tuple(logits.shape[:2])}")
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long(), ignore_index=IGNORE_INDEX)
+
+    # ------------------------------------------------------------------ parameters
+    def num_params(self) -> int:
+        """Number of distinct trainable parameters (tied weights counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups of the reference: decay on tensors with >= 2 dims, none on scalars/norms."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write(d / WEIGHTS_NAME, lambda tmp: save_model(self, tmp))
+        atomic_write(d / CONFIG_NAME, lambda tmp: Path(tmp).write_text(self.config.to_json()))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> "LanguageModel":
+        """Load a model written by :meth:`save_pretrained` (safetensors only; nothing is unpickled)."""
+        d = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (d / name).is_file():
+                raise ValueError(f"{d} is not a saved model: {name} is missing")
+        model = cls(cls.config_class.from_json((d / CONFIG_NAME).read_text()))
+        load_model(model, d / WEIGHTS_NAME, device=map_location)
+        return model
+
+    # ------------------------------------------------------------------ decoding
+    @abc.abstractmethod
+    def prefill(self, idx: Tensor) -> tuple[Tensor, Any]:
+        """Run the prompt idx (B, T); return the last position's logits (B, V) and the decoding state."""
+
+    @abc.abstractmethod
+    def step(self, idx: Tensor, state: Any) -> Tensor:
+        """Feed one token per row, idx (B, 1); update ``state`` in place; return logits (B, V)."""
+
+    @torch.no_grad()
+    def iter_generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        eos_token: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Tensor]:
+        """Yield new tokens (B, 1) one at a time (streaming). temperature 0 means greedy.
+
+        Once a row has produced ``eos_token`` it keeps producing it; iteration stops early when
+        every row has.
+        """
+        self.check_tokens(idx)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        was_training = self.training
+        self.eval()
+        try:
+            logits, state = self.prefill(idx.long())
+            finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+            for i in range(max_new_tokens):
+                nxt = sample_next(logits, temperature, top_k, generator)
+                if eos_token is not None:
+                    nxt = torch.where(finished, torch.full_like(nxt, eos_token), nxt)
+                    finished |= nxt == eos_token
+                yield nxt[:, None]
+                if (eos_token is not None and bool(finished.all())) or i == max_new_tokens - 1:
+                    break
+                logits = self.step(nxt[:, None], state)
+        finally:
+            self.train(was_training)
+
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 eos_token: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + n)."""
+        new = list(self.iter_generate(idx, max_new_tokens, temperature, top_k, eos_token, generator))
+        return torch.cat([idx.long(), *new], dim=1)
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> Tensor:
+    """Next token ids (B,) from logits (B, V): greedy at temperature 0, else softmax sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]

@@ -1,0 +1,93 @@
+"""Leaky average: the recurrence behind every Memory Mosaic key extractor.
+
+    kbar_t = g_t * x_t + lambda_t * kbar_{t-1},      kbar_{-1} = state (zero by default)
+
+with one decay ``lambda_t = exp(log_decay_t)`` per (batch, head, time) -- constant in time for the
+v1 key extractor (spec section 2.1), input-dependent for the v2 gated extractor (spec section 5.2;
+the gate g_t is applied by the caller to ``x``).
+
+Two implementations with the same signature:
+
+* :func:`leaky_average_reference` follows the formula literally, one time step at a time.
+* :func:`leaky_average_chunked` is exact and O(T): inside chunks of ``C`` steps it multiplies by a
+  ``C x C`` decay matrix (a matmul), and it carries the state across chunks by applying the same
+  function, recursively, to the chunk-final states with the chunk-level decays. Memory is
+  O(T * C), never T x T.
+
+Shapes: ``x`` (B, H, T, D); ``log_decay`` broadcastable to (B, H, T) (e.g. (1, H, 1) for a per-head
+constant); ``state`` (B, H, D) or None. Both return ``kbar`` (B, H, T, D); the last time step
+``kbar[:, :, -1]`` is the state to carry into the next call (incremental decoding).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+DEFAULT_CHUNK = 64
+
+
+def _broadcast_decay(x: Tensor, log_decay: Tensor) -> Tensor:
+    B, H, T, _ = x.shape
+    if log_decay.dim() > 3:
+        raise ValueError(f"log_decay must broadcast to (B, H, T), got shape {tuple(log_decay.shape)}")
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # never below fp32
+    return log_decay.to(dtype).expand(B, H, T)
+
+
+def leaky_average_reference(x: Tensor, log_decay: Tensor, state: Tensor | None = None) -> Tensor:
+    """Literal recurrence ``kbar_t = x_t + exp(log_decay_t) * kbar_{t-1}`` (one step at a time)."""
+    decay = _broadcast_decay(x, log_decay).exp().to(x.dtype)
+    kbar = torch.zeros_like(x[:, :, 0]) if state is None else state
+    out = []
+    for t in range(x.shape[2]):
+        kbar = x[:, :, t] + decay[:, :, t, None] * kbar
+        out.append(kbar)
+    return torch.stack(out, dim=2)
+
+
+def leaky_average_chunked(
+    x: Tensor, log_decay: Tensor, state: Tensor | None = None, chunk: int = DEFAULT_CHUNK
+) -> Tensor:
+    """Exact O(T) leaky average: decay matrices inside chunks, recursion across chunks."""
+    if chunk < 2:
+        raise ValueError(f"chunk must be >= 2, got {chunk}")
+    B, H, T, D = x.shape
+    if T == 0:
+        return x
+    C = min(chunk, T)
+    N = -(-T // C)  # number of chunks
+    pad = N * C - T
+    logd = _broadcast_decay(x, log_decay)
+    if pad:
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        logd = torch.nn.functional.pad(logd, (0, pad))
+    xc = x.view(B, H, N, C, D)
+    # cum[..., i] = sum_{j<=i} log_decay_j inside the chunk (fp32 for accuracy).
+    cum = logd.reshape(B, H, N, C).cumsum(-1)
+    # L[i, j] = prod_{j<l<=i} lambda_l = exp(cum_i - cum_j) for i > j, 1 on the diagonal, else 0.
+    # The diagonal is set as a constant, not exp(cum_i - cum_i): its gradient terms would cancel
+    # exactly in exact arithmetic but not in fp32 (visible when lambda is close to 0).
+    diff = cum[..., :, None] - cum[..., None, :]
+    strict = torch.ones(C, C, dtype=torch.bool, device=x.device).tril(-1)
+    L = torch.where(strict, diff.clamp(max=0.0), float("-inf")).exp()
+    L = (L + torch.eye(C, dtype=L.dtype, device=x.device)).to(x.dtype)
+    y = L @ xc  # (B, H, N, C, D): within-chunk sums, zero initial state
+
+    # State entering chunk n: the state after chunk n-1, where the states after the chunks follow
+    # S_n = y_n[last] + Lambda_n * S_{n-1} -- a leaky average over chunks with the chunk's total
+    # decay Lambda_n = exp(cum_n[last]); computed by the same function on N-1 "time steps".
+    if N > 1 or state is not None:
+        first = torch.zeros_like(y[:, :, 0, 0]) if state is None else state  # (B, H, D)
+        if N > 1:
+            after = leaky_average_chunked(y[:, :, :-1, -1], cum[:, :, :-1, -1], state, chunk)
+            incoming = torch.cat([first[:, :, None], after], dim=2)  # (B, H, N, D)
+        else:
+            incoming = first[:, :, None]
+        y = y + cum.exp().to(x.dtype)[..., None] * incoming[:, :, :, None, :]
+    return y.reshape(B, H, N * C, D)[:, :, :T]
+
+
+def leaky_average(x: Tensor, log_decay: Tensor, state: Tensor | None = None) -> Tensor:
+    """The leaky average used by the layers (the fast, exact implementation)."""
+    return leaky_average_chunked(x, log_decay, state)

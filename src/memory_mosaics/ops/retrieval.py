@@ -1,0 +1,90 @@
+"""Strictly causal kernel-regression retrieval from a contextual memory (spec sections 1-2).
+
+A contextual memory answers the query ``q_t`` with the pairs ``(k_s, v_s)`` stored at least
+``min_lag`` steps earlier (and, with a window, at most ``max_lag`` steps earlier):
+
+    y_t = sum_{s : min_lag <= t - s <= max_lag} softmax_s(q_t . k_s) * v_s ,   y_t = 0 if no pair
+
+The bandwidth is folded into the query by the caller (``q_t = beta_t * k_t``). ``min_lag = 1`` is
+the Memory Mosaic memory (pairs strictly before t); v2's long-term memory uses ``min_lag = m``
+and its short-term memory ``max_lag = h - 1``.
+
+Shapes: ``q``, ``k`` (B, H, T, Dk); ``v`` (B, H, T, Dv); returns (B, H, T, Dv).
+
+* :func:`causal_retrieval_reference` builds the (T, T) score matrix and mask literally
+  (:func:`causal_retrieval_weights`, also used to inspect what a memory reads).
+* :func:`causal_retrieval` uses the shift trick: queries ``q[min_lag:]`` against pairs
+  ``k[:-min_lag], v[:-min_lag]`` under an ordinary causal mask, so that
+  ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels) applies;
+  the first ``min_lag`` outputs are zero. A finite ``max_lag`` adds a band mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _check_lags(min_lag: int, max_lag: int | None) -> None:
+    if min_lag < 1:
+        raise ValueError(f"min_lag must be >= 1 (a memory never reads the pair of the present), got {min_lag}")
+    if max_lag is not None and max_lag < min_lag:
+        raise ValueError(f"max_lag ({max_lag}) must be >= min_lag ({min_lag})")
+
+
+def causal_retrieval_weights(q: Tensor, k: Tensor, min_lag: int = 1, max_lag: int | None = None) -> Tensor:
+    """Retrieval weights (B, H, T, T): row t is softmax_s(q_t . k_s) over the allowed s (0 if none)."""
+    _check_lags(min_lag, max_lag)
+    T = q.shape[2]
+    lag = torch.arange(T, device=q.device)[:, None] - torch.arange(T, device=q.device)[None, :]
+    allowed = lag >= min_lag
+    if max_lag is not None:
+        allowed &= lag <= max_lag
+    scores = (q @ k.transpose(-1, -2)).masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no pair -> 0
+
+
+def causal_retrieval_reference(
+    q: Tensor, k: Tensor, v: Tensor, min_lag: int = 1, max_lag: int | None = None
+) -> Tensor:
+    """Literal formula: the (T, T) weights of :func:`causal_retrieval_weights` times v."""
+    return causal_retrieval_weights(q, k, min_lag, max_lag) @ v
+
+
+def causal_retrieval(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    min_lag: int = 1,
+    max_lag: int | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Fast retrieval through ``scaled_dot_product_attention`` with the shift trick."""
+    _check_lags(min_lag, max_lag)
+    B, H, T, _ = q.shape
+    if T <= min_lag:
+        return v.new_zeros(B, H, T, v.shape[-1])
+    qs, ks, vs = q[:, :, min_lag:], k[:, :, :-min_lag], v[:, :, :-min_lag]
+    if max_lag is None or max_lag >= T - 1:
+        out = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p, is_causal=True, scale=1.0)
+    else:
+        # after the shift, query i (time i + min_lag) may read pair j iff 0 <= i - j <= max_lag - min_lag
+        n = T - min_lag
+        d = torch.arange(n, device=q.device)[:, None] - torch.arange(n, device=q.device)[None, :]
+        band = (d >= 0) & (d <= max_lag - min_lag)
+        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=band, dropout_p=dropout_p, scale=1.0)
+    return F.pad(out, (0, 0, min_lag, 0))  # the first min_lag queries see no pair: output 0
+
+
+def memory_readout(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
+    """Unmasked retrieval from a fixed set of pairs (persistent memory, or one decoding step).
+
+    q (B, H, Tq, Dk); k (B or 1, H, N, Dk); v (B or 1, H, N, Dv) -> (B, H, Tq, Dv).
+    An empty memory (N = 0) answers zero.
+    """
+    if k.shape[2] == 0:
+        return q.new_zeros(*q.shape[:-1], v.shape[-1])
+    B = q.shape[0]
+    k, v = k.expand(B, *k.shape[1:]), v.expand(B, *v.shape[1:])
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=1.0)

@@ -1,0 +1,113 @@
+"""Fast ops against their literal references: values and gradients."""
+
+import pytest
+import torch
+
+from memory_mosaics.ops import (
+    causal_retrieval,
+    causal_retrieval_reference,
+    leaky_average_chunked,
+    leaky_average_reference,
+    memory_readout,
+)
+
+
+def _grads(fn, *tensors):
+    out = fn(*tensors)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(out.dtype)
+    return torch.autograd.grad((out * w).sum(), tensors)
+
+
+@pytest.mark.parametrize("T", [1, 2, 63, 64, 65, 257, 1024, 4096])
+@pytest.mark.parametrize("log_lambda", [-1e-3, -0.5, -20.0])  # lambda near 1, middle, near 0
+def test_leaky_average_fast_matches_reference_fp32(T, log_lambda):
+    """fp32 fast op vs the literal recurrence run in fp64 (the fp32 loop itself drifts over 4096 steps)."""
+    x = torch.randn(2, 3, T, 8, requires_grad=True)
+    ld = torch.tensor([log_lambda, log_lambda / 2, log_lambda * 2]).view(1, 3, 1).requires_grad_()
+    x64, ld64 = x.detach().double().requires_grad_(), ld.detach().double().requires_grad_()
+    ref, fast = leaky_average_reference(x64, ld64), leaky_average_chunked(x, ld)
+    assert (ref - fast).abs().max() / ref.abs().max().clamp(min=1) < 1e-6
+    for gr, gf in zip(_grads(leaky_average_reference, x64, ld64), _grads(leaky_average_chunked, x, ld)):
+        assert (gr - gf).abs().max() / gr.abs().max().clamp(min=1) < 1e-4  # fp32 sums over B*T*D terms
+
+
+def test_leaky_average_fp64_exact_with_state_and_time_varying_decay():
+    x = torch.randn(2, 2, 300, 4, dtype=torch.float64)
+    ld = -torch.rand(2, 2, 300, dtype=torch.float64) * 3
+    state = torch.randn(2, 2, 4, dtype=torch.float64)
+    for chunk in (2, 7, 64):
+        torch.testing.assert_close(
+            leaky_average_chunked(x, ld, state, chunk=chunk), leaky_average_reference(x, ld, state), atol=1e-11, rtol=0
+        )
+
+
+def test_leaky_average_carries_state_across_calls():
+    x = torch.randn(1, 2, 100, 4, dtype=torch.float64)
+    ld = torch.tensor([-0.1, -2.0], dtype=torch.float64).view(1, 2, 1)
+    whole = leaky_average_chunked(x, ld)
+    first = leaky_average_chunked(x[:, :, :37], ld)
+    second = leaky_average_chunked(x[:, :, 37:], ld, first[:, :, -1])
+    torch.testing.assert_close(torch.cat([first, second], 2), whole)
+
+
+def test_leaky_average_bf16_loose():
+    x = torch.randn(1, 2, 512, 16)
+    ld = torch.tensor([-0.05, -3.0]).view(1, 2, 1)
+    ref = leaky_average_reference(x, ld)
+    fast = leaky_average_chunked(x.bfloat16(), ld).float()
+    assert (ref - fast).abs().max() / ref.abs().max() < 3e-2
+
+
+def test_leaky_average_never_builds_a_T_by_T_tensor(monkeypatch):
+    """The largest intermediate of the chunked op is O(T * chunk), not O(T^2)."""
+    T, biggest = 4096, []
+    real_matmul = torch.Tensor.__matmul__
+
+    def spy(a, b):
+        out = real_matmul(a, b)
+        biggest.append(max(a.numel(), b.numel(), out.numel()))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
+    leaky_average_chunked(torch.randn(1, 1, T, 4), torch.full((1, 1, 1), -0.1))
+    assert biggest and max(biggest) < T * T / 16
+
+
+@pytest.mark.parametrize("min_lag,max_lag", [(1, None), (3, None), (1, 5), (4, 9)])
+def test_causal_retrieval_matches_reference(min_lag, max_lag):
+    q = torch.randn(2, 3, 40, 8, requires_grad=True)
+    k = torch.randn(2, 3, 40, 8, requires_grad=True)
+    v = torch.randn(2, 3, 40, 5, requires_grad=True)
+    ref = causal_retrieval_reference(q, k, v, min_lag, max_lag)
+    fast = causal_retrieval(q, k, v, min_lag, max_lag)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    assert fast[:, :, :min_lag].abs().max() == 0
+    gr = _grads(lambda *t: causal_retrieval_reference(*t, min_lag, max_lag), q, k, v)
+    gf = _grads(lambda *t: causal_retrieval(*t, min_lag, max_lag), q, k, v)
+    for a, b in zip(gr, gf):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_causal_retrieval_literal_formula():
+    """y_t = sum_{s<t} softmax_s(q_t . k_s) v_s written with loops; y_0 = 0."""
+    q, k, v = torch.randn(1, 1, 6, 3), torch.randn(1, 1, 6, 3), torch.randn(1, 1, 6, 2)
+    y = causal_retrieval(q, k, v)
+    assert torch.equal(y[0, 0, 0], torch.zeros(2))
+    for t in range(1, 6):
+        w = torch.tensor([float(q[0, 0, t] @ k[0, 0, s]) for s in range(t)]).softmax(0)
+        expected = sum(w[s] * v[0, 0, s] for s in range(t))
+        torch.testing.assert_close(y[0, 0, t], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_memory_readout_empty_memory_is_zero():
+    q = torch.randn(2, 3, 1, 4)
+    out = memory_readout(q, torch.zeros(2, 3, 0, 4), torch.zeros(2, 3, 0, 5))
+    assert out.shape == (2, 3, 1, 5) and out.abs().max() == 0
+
+
+def test_bad_lags_rejected():
+    q = torch.randn(1, 1, 4, 2)
+    with pytest.raises(ValueError, match="min_lag"):
+        causal_retrieval(q, q, q, min_lag=0)
+    with pytest.raises(ValueError, match="max_lag"):
+        causal_retrieval(q, q, q, min_lag=3, max_lag=2)
