@@ -1,0 +1,1 @@
+"""Experiments of the paper, each runnable as ``mosaics reproduce NAME``."""

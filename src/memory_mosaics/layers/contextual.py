@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..ops.retrieval import causal_retrieval, causal_retrieval_weights, memory_readout
 from .cache import GrowingBuffer
-from .extractors import PeekValue, merge_heads
+from .extractors import PeekValue, inverse_norm, merge_heads
 
 
 @dataclass
@@ -75,26 +75,24 @@ class ContextualMemory(nn.Module):
         self.attn_dropout = attn_dropout
         self.resid_dropout = nn.Dropout(resid_dropout)
 
-    def _keys(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        kbar, key_state = self.key(x, state)
-        k = kbar / kbar.norm(dim=-1, keepdim=True) if self.normalize_keys else kbar
-        return k, key_state
-
     def visible_pairs(self, t: Tensor) -> Tensor:
         """Number of stored pairs the query at (0-based) time t may read: (T,) -> (T,)."""
         hi = t - self.min_lag + 1
         lo = torch.zeros_like(t) if self.max_lag is None else (t - self.max_lag).clamp(min=0)
         return (hi - lo).clamp(min=0)
 
-    def _query(self, k: Tensor, t: Tensor) -> Tensor:
-        """q_t = beta(n_t) k_t; k (B, H, T, Dh), t (T,)."""
-        beta = self.bandwidth(self.visible_pairs(t)).to(k.dtype)  # (1 or H, T)
-        return k * beta[None, :, :, None]
+    def _keys_and_queries(self, x: Tensor, t: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Keys k_t (unit norm if normalize_keys) and queries q_t = beta(n_t) k_t, both (B, H, T, Dh)."""
+        kbar, key_state = self.key(x, state)
+        beta = self.bandwidth(self.visible_pairs(t)).to(kbar.dtype)[None, :, :, None]  # (1, 1|H, T, 1)
+        if not self.normalize_keys:
+            return kbar, kbar * beta, key_state
+        r = inverse_norm(kbar)
+        return kbar * r, kbar * (r * beta), key_state
 
     def _retrieve(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        k, key_state = self._keys(x, None)
+        k, q, key_state = self._keys_and_queries(x, torch.arange(x.shape[1], device=x.device), None)
         v, v_tilde = self.value(x)
-        q = self._query(k, torch.arange(x.shape[1], device=x.device))
         p = self.attn_dropout if self.training else 0.0
         y = causal_retrieval(q, k, v, self.min_lag, self.max_lag, dropout_p=p)
         return y, k, v, v_tilde, key_state
@@ -108,8 +106,7 @@ class ContextualMemory(nn.Module):
 
     def attention(self, x: Tensor) -> Tensor:
         """Retrieval weights (B, H, T, T) for inspection: row t is the distribution over pairs s."""
-        k, _ = self._keys(x, None)
-        q = self._query(k, torch.arange(x.shape[1], device=x.device))
+        k, q, _ = self._keys_and_queries(x, torch.arange(x.shape[1], device=x.device), None)
         return causal_retrieval_weights(q, k, self.min_lag, self.max_lag)
 
     @torch.no_grad()
@@ -132,15 +129,14 @@ class ContextualMemory(nn.Module):
 
         Updates ``state`` in place and returns the output (B, 1, d_out).
         """
-        k, state.key_state = self._keys(x, state.key_state)
+        t = state.t
+        k, q, state.key_state = self._keys_and_queries(x, torch.tensor([t], device=x.device), state.key_state)
         v_tilde = self.value.project(x)
         state.keys.append(state.pending_key)
         state.values.append(self.value.mix(state.pending_value, v_tilde))  # v_{t-1} peeks at x_t
         state.pending_key, state.pending_value = k, v_tilde
-        t = state.t
         stop = t - self.min_lag + 1
         start = 0 if self.max_lag is None else max(0, t - self.max_lag)
-        q = self._query(k, torch.tensor([t], device=x.device))
         y = memory_readout(q, state.keys.view(start, max(start, stop)), state.values.view(start, max(start, stop)))
         state.t = t + 1
         return self._output(y)

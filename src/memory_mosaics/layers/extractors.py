@@ -29,6 +29,11 @@ def split_heads(x: Tensor, n_head: int) -> Tensor:
     return x.view(B, T, n_head, C // n_head).transpose(1, 2)
 
 
+def inverse_norm(x: Tensor) -> Tensor:
+    """1 / ||x|| over the last dim, shape (..., 1): multiply by it (cheaper to differentiate than a division)."""
+    return torch.rsqrt(x.square().sum(dim=-1, keepdim=True))
+
+
 def merge_heads(x: Tensor) -> Tensor:
     """(B, H, T, Dh) -> (B, T, H * Dh)."""
     B, H, T, D = x.shape
@@ -117,7 +122,7 @@ class PeekValue(nn.Module):
         if not self.normalize:
             return vbar
         alpha = (EXP_SCALE * self.theta).exp().view(1, -1, 1, 1)
-        return alpha * vbar / vbar.norm(dim=-1, keepdim=True)
+        return vbar * (alpha * inverse_norm(vbar))  # alpha_h vbar / ||vbar||
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (v, v~): values (B, H, T, Dh), and v~ whose last step completes v_{T} later."""

@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..ops.retrieval import memory_readout
-from .extractors import EXP_SCALE, merge_heads
+from .extractors import EXP_SCALE, inverse_norm, merge_heads
 
 
 class PersistentMemory(nn.Module):
@@ -43,9 +43,8 @@ class PersistentMemory(nn.Module):
 
     def _forward(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
         kbar, key_state = self.key(x, key_state)
-        k = kbar / kbar.norm(dim=-1, keepdim=True)
         n = torch.full((x.shape[1],), self.kappa.shape[2], device=x.device)
-        q = k * self.bandwidth(n).to(k.dtype)[None, :, :, None]
+        q = kbar * (inverse_norm(kbar) * self.bandwidth(n).to(kbar.dtype)[None, :, :, None])  # beta kbar/||kbar||
         p = self.attn_dropout if self.training else 0.0
         alpha = (EXP_SCALE * self.theta).exp().view(1, -1, 1, 1)
         y = alpha * memory_readout(q, self.kappa, self.u, dropout_p=p)

@@ -134,7 +134,8 @@ class MosaicLM(LanguageModel):
                 nn.init.normal_(module.weight, std=1.0 / math.sqrt(fan_in * scale))
 
     def _logits(self, x: Tensor) -> Tensor:
-        return self.ln_f(x) @ self.wte.weight.T / math.sqrt(self.config.n_embd)
+        # scale the (B, T, d) features rather than the (B, T, V) logits: one vocabulary-sized tensor, not two
+        return (self.ln_f(x) / math.sqrt(self.config.n_embd)) @ self.wte.weight.T
 
     def forward(self, idx: Tensor, targets: Tensor | None = None):
         self.check_tokens(idx)

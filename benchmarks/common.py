@@ -1,0 +1,36 @@
+"""Helpers for the benchmark scripts: min-of-k timing and the benchmark model sizes."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from memory_mosaics import GPTConfig, GPTLM, MosaicConfig, MosaicLM
+
+# The size named by the core-library issue: n_layer 4, n_head 4, d 256, vocab 8192.
+SIZE = dict(vocab_size=8192, n_layer=4, n_head=4, n_embd=256)
+
+
+def mosaic(**kw) -> MosaicLM:
+    return MosaicLM(MosaicConfig(**{**SIZE, "dropout": 0.0, "attn_dropout": 0.0, **kw}))
+
+
+def gpt(block_size: int, **kw) -> GPTLM:
+    return GPTLM(GPTConfig(**{**SIZE, "block_size": block_size, "dropout": 0.0, **kw}))
+
+
+def best_time(fn, repeats: int = 5, warmup: int = 1) -> float:
+    """Minimum wall time of ``fn()`` over ``repeats`` runs (CPU timings are noisy: report the min)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def header(title: str) -> None:
+    print(f"\n== {title} (torch {torch.__version__}, {torch.get_num_threads()} threads) ==")

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``mosaics`` CLI, one module each (see :mod:`memory_mosaics.cli`)."""

@@ -1,0 +1,81 @@
+"""``mosaics eval``: loss, perplexity and mean loss per token position of a checkpoint on a corpus.
+
+    mosaics eval --checkpoint runs/mosaic --data shared:ood/wikipedia.txt --out results/wiki.json
+
+Writes ``{loss, perplexity, loss_by_position, windows, tokens, context, ...}`` to ``--out`` and a
+plot of the loss by position next to it (``.png``) when matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+COMMAND = "eval"
+HELP = "evaluate a checkpoint: loss, perplexity and loss by token position (JSON + plot)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder or run directory (uses its 'last')")
+    parser.add_argument("--data", required=True, metavar="PATH", help="corpus to evaluate on (file, folder, .jsonl or shared:PATH)")
+    parser.add_argument("--out", required=True, metavar="FILE.json", help="where to write the results")
+    parser.add_argument("--context", type=int, help="window length (default: the training context)")
+    parser.add_argument("--max-windows", type=int, default=0, help="evenly spaced windows to use (0: all)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
+    parser.add_argument("--cache-dir", default="", help="token cache root")
+    parser.add_argument("--separator", default="eot", help="document separator of text files: eot or blank")
+    parser.add_argument("--text-field", default="text", help="field of .jsonl records")
+    parser.add_argument("--plot", metavar="FILE", help="loss-by-position plot (default: --out with .png)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.tokenizers import load_tokenizer
+    from ..models import load_pretrained
+    from ..training.checkpoint import resolve_checkpoint
+    from ..training.config import CONFIG_FILE, resolve_cache_dir
+    from ..training.distributed import resolve_device
+    from ..training.evaluate import evaluate, plot_loss_by_position
+    from ..training.trainer import amp_dtype, open_corpus
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise ValueError(f"--out must name a .json file, got {out}")
+    model = load_pretrained(ckpt)
+    tokenizer = load_tokenizer(ckpt)
+    context = args.context
+    if context is None and (ckpt / CONFIG_FILE).is_file():
+        context = json.loads((ckpt / CONFIG_FILE).read_text())["context"]
+    if context is None:
+        context = getattr(model.config, "block_size", None)
+    if context is None:
+        raise ValueError("no training config in the checkpoint: pass --context N")
+    if context > getattr(model.config, "block_size", context):
+        raise ValueError(f"--context {context} exceeds the model's block_size {model.config.block_size}")
+    if args.batch_size <= 0 or args.max_windows < 0:
+        raise ValueError("--batch-size must be positive and --max-windows >= 0")
+    device = resolve_device(args.device)
+    if args.dtype not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown dtype {args.dtype!r}; expected auto, fp32, bf16 or fp16")
+    model.to(device)
+    corpus = open_corpus(args.data, tokenizer, resolve_cache_dir(args.cache_dir), args.separator, args.text_field,
+                         progress=not args.no_progress)
+    result = evaluate(model, corpus, context, args.max_windows or None, args.batch_size, device,
+                      amp_dtype(args.dtype, device))
+    result = {**result, "context": context, "checkpoint": str(ckpt), "data": args.data,
+              "model_type": model.config.model_type, "parameters": model.num_params(),
+              "dtype": str(amp_dtype(args.dtype, device) or torch.float32).replace("torch.", "")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
+    label = f"{model.config.model_type} ({ckpt.parent.name}/{ckpt.name})"
+    plotted = plot_loss_by_position({label: result["loss_by_position"]}, plot, title=f"{Path(args.data).name}")
+    print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  over {result['windows']} windows "
+          f"of {context} tokens -> {out}" + (f", {plot}" if plotted else ""))
+    return 0

@@ -1,0 +1,79 @@
+"""``mosaics generate``: continue a prompt with a trained model, streaming the text as it comes.
+
+    mosaics generate --checkpoint runs/mosaic --prompt "Once upon a time" --max-new-tokens 200
+    echo "Lily saw a cat." | mosaics generate --checkpoint runs/mosaic --temperature 0.8 --top-k 50
+
+The prompt is preceded by the end-of-text token (the start of a document in training); generation
+stops at the next end-of-text token or after ``--max-new-tokens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "generate text from a checkpoint (prompt from --prompt or stdin), streamed to stdout"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder or run directory (uses its 'last')")
+    parser.add_argument("--prompt", help="prompt text (default: read from stdin; empty when stdin is a terminal)")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: random)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--no-echo", action="store_true", help="print the continuation only, not the prompt")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.tokenizers import load_tokenizer
+    from ..models import load_pretrained
+    from ..training.checkpoint import resolve_checkpoint
+    from ..training.distributed import resolve_device
+
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k <= 0:
+        raise ValueError(f"--top-k must be positive, got {args.top_k}")
+    ckpt = resolve_checkpoint(args.checkpoint)
+    device = resolve_device(args.device)
+    model = load_pretrained(ckpt).to(device)
+    tokenizer = load_tokenizer(ckpt)
+    prompt = args.prompt
+    if prompt is None:
+        prompt = "" if sys.stdin.isatty() else sys.stdin.read()
+    ids = [tokenizer.eot_id, *tokenizer.encode(prompt)]
+    block = getattr(model.config, "block_size", None)
+    if block is not None:  # a GPT's positions end at block_size: keep the prompt's tail
+        if args.max_new_tokens >= block:
+            raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be below the model's block_size {block}")
+        ids = ids[-(block - args.max_new_tokens):]
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+    out = sys.stdout
+    if not args.no_echo:
+        out.write(prompt)
+        out.flush()
+    new: list[int] = []
+    shown = 0
+    for token in model.iter_generate(torch.tensor([ids], device=device), args.max_new_tokens, args.temperature,
+                                     args.top_k, eos_token=tokenizer.eot_id, generator=generator):
+        t = int(token[0, 0])
+        if t == tokenizer.eot_id:
+            break
+        new.append(t)
+        text = tokenizer.decode(new)
+        if text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            continue
+        out.write(text[shown:])
+        out.flush()
+        shown = len(text)
+    out.write(tokenizer.decode(new)[shown:] + "\n")
+    out.flush()
+    return 0

@@ -1,0 +1,410 @@
+"""``mosaics reproduce moons``: the three-moons experiment (spec 4.1, paper section 3, figures 3-5).
+
+For each seed, train the 1-head and the 3-head 54-parameter memories (:mod:`..models.moons`) on the
+8 training systems, then measure the autoregressive generation error against the context length on
+the training systems, the validation system and a system with unseen periods. Writes to ``--out``:
+
+- ``metrics.json``: settings, systems (periods in units and steps), per seed and model the training
+  losses, error-vs-context curves and disentanglement, and ``summary[model][split]`` (mean over seeds);
+- ``seeds.md`` / ``seeds.json``: mean, standard deviation, min and max over seeds of the summary;
+- figures: ``error_vs_context.png``, ``error_vs_context_train.png``, ``trajectories.png``,
+  ``attention.png``, ``weights.png`` (from the first seed's models).
+
+Summary regions, per system, with P = its longest individual period and C = its combined period
+(in steps): ``before_periods`` = mean error over contexts c < P, ``between_periods`` over P <= c < C,
+``after_combined`` over c >= C. ``train`` averages the 8 systems over those where the region has
+contexts (four training systems have C = P, so no "between" region).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm, trange
+
+from ..data.moons import UNSEEN_PERIODS, WINDOW, MoonSystem, sample_batch, spec_systems
+from ..layers import ContextualMemory
+from ..models.moons import disentanglement, generate, moons_memory
+from ..training.optim import set_lr
+
+EXPERIMENT = "moons"
+HELP = "three moons: 1 head vs 3 heads of a 54-parameter memory (paper section 3)"
+
+MODELS = {"1head": 1, "3heads": 3}
+SPLITS = ("train", "validation", "unseen")
+REGIONS = ("before_periods", "between_periods", "after_combined")
+EVAL_SEED = 1234  # the evaluation windows are the same for every training seed
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Training (spec 4.1) and evaluation sizes."""
+
+    steps: int = 500
+    batch_size: int = 64
+    lr: tuple[float, float] = (1e-2, 5e-6)  # linear from first to last step
+    clip: float = 0.5
+    eval_windows: int = 32  # per system
+    context_step: int = 10
+    max_context: int = 700
+    gen_steps: int = 25
+
+    @property
+    def contexts(self) -> list[int]:
+        return list(range(self.context_step, self.max_context + 1, self.context_step))
+
+
+FULL = Settings()
+QUICK = Settings(steps=10, batch_size=8, eval_windows=2, context_step=50)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--heads", choices=("1", "3", "both"), default="both", help="which model(s) to train")
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--seeds", type=int, default=1, help="number of seeds: seed, seed + 1, ...")
+    parser.add_argument("--observer", choices=("sun", "moon"), default="sun", help="see data/moons.py")
+    parser.add_argument("--out", default="runs/moons", help="output directory")
+    parser.add_argument("--quick", action="store_true", help="tiny run (10 steps, few windows) for tests")
+
+
+def clipped_loss(y_hat: Tensor, y: Tensor, clip: float) -> Tensor:
+    """Spec loss: mean of clip(y_hat - y, -clip, clip)^2 over (B, T, 6)."""
+    return (y_hat - y).clamp(-clip, clip).square().mean()
+
+
+def train(memory: ContextualMemory, systems: list[MoonSystem], settings: Settings, seed: int, desc: str) -> list[float]:
+    """AdamW (betas 0.9/0.999, no weight decay), lr linear lr[0] -> lr[1]; returns the losses."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(memory.parameters(), lr=settings.lr[0], betas=(0.9, 0.999), weight_decay=0.0)
+    lr0, lr1 = settings.lr
+    losses = []
+    memory.train()
+    for step in (bar := trange(settings.steps, desc=desc)):
+        set_lr(opt, lr0 + (lr1 - lr0) * step / max(1, settings.steps - 1))
+        x, y = sample_batch(systems, settings.batch_size, WINDOW, gen)  # (B, 800, 6)
+        loss = clipped_loss(memory(x), y, settings.clip)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    memory.eval()
+    return losses
+
+
+@torch.no_grad()
+def error_curves(memory: ContextualMemory, x: Tensor, settings: Settings) -> Tensor:
+    """Mean |generated - truth| over ``gen_steps`` steps and 6 coordinates, per window and context.
+
+    x (B, WINDOW, 6) true windows -> (len(contexts), B): row i conditions on x_0 .. x_{c-1}.
+    """
+    rows = []
+    for c in tqdm(settings.contexts, desc="evaluate", leave=False):
+        g = generate(memory, x[:, :c], settings.gen_steps)  # predictions of x_c .. x_{c+gen_steps-1}
+        rows.append((g - x[:, c : c + settings.gen_steps]).abs().mean(dim=(1, 2)))
+    return torch.stack(rows)
+
+
+def region_means(curve: list[float], contexts: list[int], system: MoonSystem) -> dict[str, float | None]:
+    """Mean error before the longest period, between it and the combined period, and after."""
+    P, C = max(system.periods_in_steps()), system.combined_period_in_steps()
+    masks = {"before_periods": lambda c: c < P, "between_periods": lambda c: P <= c < C, "after_combined": lambda c: c >= C}
+    out = {}
+    for name, inside in masks.items():
+        values = [e for c, e in zip(contexts, curve) if inside(c)]
+        out[name] = sum(values) / len(values) if values else None
+    return out
+
+
+def mean_of(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def system_info(s: MoonSystem) -> dict:
+    return {"periods": list(s.periods), "periods_steps": s.periods_in_steps(), "combined_steps": s.combined_period_in_steps()}
+
+
+def run_seed(seed: int, heads: list[str], systems: dict, eval_x: Tensor, settings: Settings) -> tuple[dict, dict]:
+    """Train and evaluate each model for one seed; returns (results, trained memories)."""
+    results, memories = {}, {}
+    all_systems = systems["train"] + [systems["validation"], systems["unseen"]]
+    contexts = settings.contexts
+    for name in heads:
+        torch.manual_seed(seed)
+        memory = moons_memory(MODELS[name])
+        losses = train(memory, systems["train"], settings, seed, desc=f"{name} seed {seed}")
+        err = error_curves(memory, eval_x, settings).view(len(contexts), len(all_systems), -1).mean(dim=2)
+        curves = [err[:, i].tolist() for i in range(len(all_systems))]  # per system, error vs context
+        regions = [region_means(curve, contexts, s) for curve, s in zip(curves, all_systems)]
+        score = disentanglement(memory)
+        n = len(systems["train"])
+        summary = {
+            "train": {r: mean_of([reg[r] for reg in regions[:n]]) for r in REGIONS},
+            "validation": regions[n],
+            "unseen": regions[n + 1],
+        }
+        for split in SPLITS:
+            summary[split]["disentanglement"] = score
+        results[name] = {
+            "losses": losses,
+            "curves": {"train": curves[:n], "validation": curves[n], "unseen": curves[n + 1]},
+            "disentanglement": score,
+            "summary": summary,
+        }
+        memories[name] = memory
+    return results, memories
+
+
+def seed_table(runs: list[dict]) -> dict:
+    """summary numbers over seeds: {model: {split: {metric: {mean, std, min, max, values}}}}."""
+    table = {}
+    for name in runs[0]["models"]:
+        table[name] = {}
+        for split in SPLITS:
+            table[name][split] = {}
+            for metric in (*REGIONS, "disentanglement"):
+                values = [run["models"][name]["summary"][split][metric] for run in runs]
+                kept = torch.tensor([v for v in values if v is not None], dtype=torch.float64)
+                stats = {"mean": None, "std": None, "min": None, "max": None}
+                if len(kept):
+                    std = kept.std(unbiased=False).item()
+                    stats = {"mean": kept.mean().item(), "std": std, "min": kept.min().item(), "max": kept.max().item()}
+                table[name][split][metric] = {**stats, "values": values}
+    return table
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def claims(runs: list[dict]) -> dict:
+    """The paper's claims, checked per seed on the validation and unseen systems (needs both models)."""
+    out = {}
+    for split in ("validation", "unseen"):
+        per_seed = []
+        for run in runs:
+            one, three = run["models"]["1head"]["summary"][split], run["models"]["3heads"]["summary"][split]
+            per_seed.append(
+                {
+                    "seed": run["seed"],
+                    "between_1head": one["between_periods"],
+                    "between_3heads": three["between_periods"],
+                    "3heads_below_1head_between": ratio(three["between_periods"], one["between_periods"]) < 1,
+                    "1head_between_over_after": ratio(one["between_periods"], one["after_combined"]),
+                    "disentanglement_3heads": three["disentanglement"],
+                }
+            )
+        out[split] = {"all_seeds_3heads_below_1head_between": all(p["3heads_below_1head_between"] for p in per_seed), "per_seed": per_seed}
+    return out
+
+
+def fmt(stats: dict) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f} [{stats['min']:.3f}, {stats['max']:.3f}]"
+
+
+def table_markdown(table: dict, seeds: list[int]) -> str:
+    lines = [
+        f"Seeds {seeds}: mean ± std [min, max] over seeds; errors are mean |generated - truth| over 25 steps.",
+        "",
+        "| model | split | before periods | between periods | after combined | disentanglement |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, splits in table.items():
+        for split, metrics in splits.items():
+            cells = " | ".join(fmt(metrics[m]) for m in (*REGIONS, "disentanglement"))
+            lines.append(f"| {name} | {split} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- figures
+
+COLORS = {"1head": "tab:blue", "3heads": "tab:orange"}
+LABELS = {"1head": "1 head", "3heads": "3 heads"}
+TRAJECTORY_CONTEXT = 150  # between the validation system's longest period (88.9) and combined period (266.7)
+
+
+def mark_periods(ax, system: MoonSystem, vertical: bool = True) -> None:
+    """Individual periods (grey, dotted) and the combined period (red, dashed), in steps."""
+    line = ax.axvline if vertical else ax.axhline
+    for p in system.periods_in_steps():
+        line(p, color="grey", ls=":", lw=1)
+    line(system.combined_period_in_steps(), color="red", ls="--", lw=1)
+
+
+def title(system: MoonSystem, label: str) -> str:
+    return f"{label}: periods {', '.join(f'{p:g}' for p in system.periods)}"
+
+
+def plot_errors(ax, metrics: dict, split: str, index: int | None, system: MoonSystem) -> None:
+    """Error vs context for every model: thin line per seed, thick mean over seeds."""
+    contexts = metrics["contexts"]
+    for name in metrics["runs"][0]["models"]:
+        curves = []
+        for run_ in metrics["runs"]:
+            curve = run_["models"][name]["curves"][split]
+            curves.append(curve if index is None else curve[index])
+        mean = torch.tensor(curves).mean(dim=0).tolist()
+        for c in curves:
+            ax.plot(contexts, c, color=COLORS[name], lw=0.5, alpha=0.4)
+        ax.plot(contexts, mean, color=COLORS[name], lw=2, label=LABELS[name])
+    mark_periods(ax, system)
+    ax.set_ylim(0, None)
+    ax.set_xlabel("context length (steps)")
+
+
+def representative_train_system(systems: list[MoonSystem]) -> int:
+    """The training system with the longest gap between its longest and combined periods."""
+    gaps = [s.combined_period_in_steps() - max(s.periods_in_steps()) for s in systems]
+    return gaps.index(max(gaps))
+
+
+def plot_error_figures(out: Path, metrics: dict, systems: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    i = representative_train_system(systems["train"])
+    panels = [("train", i, systems["train"][i]), ("validation", None, systems["validation"]), ("unseen", None, systems["unseen"])]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    for ax, (split, index, system) in zip(axes, panels):
+        plot_errors(ax, metrics, split, index, system)
+        ax.set_title(title(system, split), fontsize=10)
+    axes[0].set_ylabel("mean |generated - truth|, 25 steps")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "error_vs_context.png", dpi=80)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6), sharey=True)
+    for j, (ax, system) in enumerate(zip(axes.flat, systems["train"])):
+        plot_errors(ax, metrics, "train", j, system)
+        ax.set_title(title(system, "train"), fontsize=9)
+    axes[0, 0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "error_vs_context_train.png", dpi=70)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_trajectories(out: Path, memories: dict, system: MoonSystem, settings: Settings) -> None:
+    """Re coordinate of each moon: truth, teacher-forced prediction, generation after TRAJECTORY_CONTEXT."""
+    import matplotlib.pyplot as plt
+
+    x, y = system.windows(1, WINDOW, torch.Generator().manual_seed(EVAL_SEED))
+    c, horizon = TRAJECTORY_CONTEXT, 2 * TRAJECTORY_CONTEXT
+    steps, truth = torch.arange(c + horizon).numpy(), x[0].numpy()
+    fig, axes = plt.subplots(len(memories), 3, figsize=(13, 2.4 * len(memories)), sharex=True, sharey=True, squeeze=False)
+    for row, (name, memory) in enumerate(memories.items()):
+        forced = memory(x)[0].numpy()  # y_hat_t predicts x_{t+1}
+        gen = generate(memory, x[:, :c], horizon)[0].numpy()  # predicts x_c .. x_{c+horizon-1}
+        for moon, ax in enumerate(axes[row]):
+            ax.plot(steps, truth[: c + horizon, 2 * moon], "k-", lw=1, label="truth")
+            ax.plot(steps[1:], forced[: c + horizon - 1, 2 * moon], "b.", ms=2, label="teacher-forced")
+            ax.plot(steps[c:], gen[:, 2 * moon], "r-", lw=1, label="generated")
+            ax.axvline(c, color="red", lw=0.5)
+            ax.set_title(f"{LABELS[name]}, moon {moon + 1} (period {system.periods[moon]:g})", fontsize=9)
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title(system, "validation") + f"; generation from context {c}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "trajectories.png", dpi=70)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_attention(out: Path, memories: dict, system: MoonSystem) -> None:
+    """Retrieval weights of every head on one validation window, first combined period + 100 steps."""
+    import matplotlib.pyplot as plt
+
+    x, _ = system.windows(1, WINDOW, torch.Generator().manual_seed(EVAL_SEED))
+    n = int(system.combined_period_in_steps()) + 100
+    maps = [(name, h, w) for name, m in memories.items() for h, w in enumerate(m.attention(x[:, :n])[0])]
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.4), squeeze=False)
+    for ax, (name, h, w) in zip(axes[0], maps):
+        ax.imshow(w.sqrt().numpy(), cmap="viridis", interpolation="nearest")  # sqrt: make weak weights visible
+        mark_periods(ax, system, vertical=False)
+        ax.set_title(f"{LABELS[name]}, head {h + 1}", fontsize=9)
+        ax.set_xlabel("stored pair s")
+    axes[0, 0].set_ylabel("query t")
+    fig.suptitle("sqrt of retrieval weights; lines: periods (grey), combined period (red)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "attention.png", dpi=70)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_weights(out: Path, memories: dict) -> None:
+    """|w| of the 3x3 complex weights W_phi (keys), W_psi (values), W_z (output)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(memories), 3, figsize=(9, 2.8 * len(memories)), squeeze=False)
+    for row, (name, m) in enumerate(memories.items()):
+        layers = {"W_phi (key)": m.key.proj, "W_psi (value)": m.value.proj, "W_z (output)": m.c_proj}
+        for ax, (label, layer) in zip(axes[row], layers.items()):
+            im = ax.imshow(layer.magnitude().numpy(), cmap="viridis")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+            ax.set_title(f"{LABELS[name]}: |{label}|", fontsize=9)
+            ax.set_xticks(range(3), [f"in {i + 1}" for i in range(3)], fontsize=7)
+            ax.set_yticks(range(3), [f"out {i + 1}" for i in range(3)], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "weights.png", dpi=70)
+    plt.close(fig)
+
+
+def plot_all(out: Path, metrics: dict, memories: dict, systems: dict, settings: Settings) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plot_error_figures(out, metrics, systems)
+    plot_trajectories(out, memories, systems["validation"], settings)
+    plot_attention(out, memories, systems["validation"])
+    plot_weights(out, memories)
+
+
+def run(args) -> int:
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    settings = QUICK if args.quick else FULL
+    heads = list(MODELS) if args.heads == "both" else [f"{args.heads}head" + ("s" if args.heads == "3" else "")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_systems, validation = spec_systems(args.observer)
+    systems = {"train": train_systems, "validation": validation, "unseen": MoonSystem(UNSEEN_PERIODS, args.observer)}
+    gen = torch.Generator().manual_seed(EVAL_SEED)
+    all_systems = train_systems + [validation, systems["unseen"]]
+    eval_x = torch.cat([s.windows(settings.eval_windows, WINDOW, gen)[0] for s in all_systems])  # (S * W, 800, 6)
+
+    start = time.perf_counter()
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    runs, first_memories = [], None
+    for seed in seeds:
+        results, memories = run_seed(seed, heads, systems, eval_x, settings)
+        runs.append({"seed": seed, "models": results})
+        first_memories = first_memories or memories
+    elapsed = time.perf_counter() - start
+
+    table = seed_table(runs)
+    metrics = {
+        "settings": {**asdict(settings), "observer": args.observer, "seeds": seeds, "eval_seed": EVAL_SEED, "quick": args.quick},
+        "contexts": settings.contexts,
+        "systems": {"train": [system_info(s) for s in train_systems], "validation": system_info(validation), "unseen": system_info(systems["unseen"])},
+        "runs": runs,
+        "summary": {name: {split: {m: v["mean"] for m, v in metrics_.items()} for split, metrics_ in splits.items()} for name, splits in table.items()},
+        "claims": claims(runs) if len(heads) == 2 else None,
+        "seconds": elapsed,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "seeds.json").write_text(json.dumps(table, indent=1))
+    (out / "seeds.md").write_text(table_markdown(table, seeds))
+
+    plot_all(out, metrics, first_memories, systems, settings)
+    print(table_markdown(table, seeds))
+    print(f"trained and evaluated {len(seeds)} seed(s) x {len(heads)} model(s) in {elapsed:.0f} s; wrote {out}")
+    return 0

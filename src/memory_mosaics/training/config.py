@@ -1,0 +1,240 @@
+"""The training configuration: one flat dataclass, read from a TOML or JSON file plus overrides.
+
+Resolution order: dataclass defaults < config file < command-line overrides. Every key is checked:
+an unknown one raises a ``ValueError`` naming it. Extra model fields (``pmem_size``,
+``key_extractor``, ``bias``...) go in the ``model_args`` table and are checked by the model's own
+config class.
+
+Data paths may start with ``shared:`` to point into the shared data folder
+(``$MOSAICS_SHARED_DATA``, else ``<repo>/../shared/data``), e.g. ``shared:tinystories/train.txt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.corpus import shared_data_dir
+from ..models import GPTConfig, MosaicConfig, ModelConfig
+
+MODEL_KINDS = ("mosaic", "gpt")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+CONFIG_FILE = "train_config.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. ``batch_size`` is the *global* batch (sequences per
+    optimiser step, summed over processes and accumulation micro-steps)."""
+
+    # data
+    train: str = ""  # corpus path (file, folder or .jsonl), or shared:RELATIVE_PATH
+    valid: str = ""  # optional validation corpus; "" -> no periodic evaluation
+    tokenizer: str = "bpe:4096"  # bpe:VOCAB (trained on `train`), gpt2[:RANKS_PATH] or a directory
+    cache_dir: str = ""  # "" -> $MOSAICS_CACHE_DIR, else ~/.cache/memory_mosaics
+    separator: str = "eot"  # document separator of text files: eot | blank
+    text_field: str = "text"  # field of .jsonl records
+    # model
+    model: str = "mosaic"  # mosaic | gpt
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    context: int = 256  # training crop length (GPT's block_size)
+    dropout: float = 0.05  # residual and attention dropout
+    vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (50257 -> 50304)
+    model_args: dict = field(default_factory=dict)  # extra MosaicConfig / GPTConfig fields
+    # optimisation
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 3e-3
+    min_lr: float = 1e-4
+    warmup: int = 100
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0  # 0 disables clipping
+    # run
+    eval_interval: int = 200  # steps between validation passes (0: only at the end)
+    eval_windows: int = 64  # validation windows of `context` tokens per pass (0: the whole split)
+    eval_batch_size: int = 16
+    log_interval: int = 10
+    checkpoint_interval: int = 500  # 0: only at the end
+    keep_best: bool = True  # keep the checkpoint with the best validation loss as `best`
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16, else fp16, on CUDA; fp32 on CPU) | fp32 | bf16 | fp16
+    compile: bool = False
+    threads: int = 0  # CPU threads of this process (0: PyTorch's default)
+    progress: bool = True
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError on any out-of-range value (types are checked by :func:`from_dict`)."""
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {self.model!r}; expected one of {', '.join(MODEL_KINDS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        for name in ("n_layer", "n_head", "n_embd", "context", "vocab_multiple", "batch_size", "grad_accum",
+                     "max_steps", "log_interval", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup", "eval_interval", "eval_windows", "checkpoint_interval", "grad_clip", "weight_decay",
+                     "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0 or self.min_lr < 0:
+            raise ValueError(f"lr must be > 0 and min_lr >= 0, got lr={self.lr}, min_lr={self.min_lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":
+        """``base`` (default: the defaults) updated with ``d``; unknown keys and wrong types raise."""
+        values = (base or cls()).to_dict()
+        values.update(_checked(d))
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, base: "TrainConfig | None" = None) -> "TrainConfig":
+        return cls.from_dict(read_config_file(path), base)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        from ..models.base import atomic_write
+
+        path = Path(directory) / CONFIG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(self.to_json() + "\n"))
+        return path
+
+    # ------------------------------------------------------------------ derived values
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The model config for a tokenizer of ``vocab_size`` ids (padded to ``vocab_multiple``)."""
+        padded = -(-vocab_size // self.vocab_multiple) * self.vocab_multiple
+        common = {"vocab_size": padded, "n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
+                  "dropout": self.dropout}
+        if self.model == "mosaic":
+            return MosaicConfig.from_dict({**common, "attn_dropout": self.dropout, **self.model_args})
+        return GPTConfig.from_dict({**common, "block_size": self.context, **self.model_args})
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The table of a ``.toml`` or ``.json`` config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: invalid JSON ({err})") from None
+    elif path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise ValueError(f"reading {path} needs Python >= 3.11 or the tomli package; "
+                                 "or write the config as JSON") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: invalid TOML ({err})") from None
+    else:
+        raise ValueError(f"config file {path} must end in .toml or .json")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the config must be a table of keys")
+    return data
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"key=value"`` -> (key, value); the value is read as JSON when it parses, else kept a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _checked(d: dict[str, Any]) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
+    defaults = TrainConfig.__dataclass_fields__
+    out = {}
+    for key, value in d.items():
+        f = defaults[key]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        out[key] = _coerce(key, value, default)
+    return out
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of the field's default (ints are accepted for floats)."""
+    kind = type(default)
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind is tuple:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value)
+        value = tuple(float(v) for v in value) if ok else value
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ValueError(f"config key {key!r} expects a value of type {kind.__name__}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------- paths
+def resolve_data_path(source: str) -> str:
+    """Expand a ``shared:`` prefix into the shared data folder; other sources are returned as is."""
+    if not source.startswith("shared:"):
+        return source
+    root = shared_data_dir()
+    if root is None:
+        raise ValueError(f"{source}: the shared data folder was not found (set MOSAICS_SHARED_DATA)")
+    return str(root / source[len("shared:"):])
+
+
+def resolve_cache_dir(cache_dir: str) -> Path:
+    """The root of the token caches: ``cache_dir``, else ``$MOSAICS_CACHE_DIR``, else ~/.cache/memory_mosaics."""
+    if cache_dir:
+        return Path(cache_dir)
+    env = os.environ.get("MOSAICS_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "memory_mosaics"
+
+
+def source_key(*parts: str) -> str:
+    """A short stable hash naming a cache entry."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]

@@ -1,0 +1,362 @@
+"""One trainer for :class:`MosaicLM` and :class:`GPTLM`.
+
+``Trainer(config, out_dir, resume).fit()``: AdamW over the reference decay groups, linear warm-up
+then cosine decay, gradient clipping and accumulation, autocast (bf16, or fp16 with a grad scaler)
+on CUDA and fp32 on CPU, optional ``torch.compile``, periodic evaluation and checkpoints, metrics
+in ``metrics.jsonl`` / ``metrics.csv`` (and TensorBoard when installed), a progress bar.
+
+Batches: every optimiser step draws the *global* batch (``batch_size`` random crops) from one
+``torch.Generator`` seeded identically on every process, and each process keeps its own rows of
+it, so N processes with micro-batch b follow exactly the run of one process with batch N b. The
+generator's state is checkpointed, so a resumed run draws the batches the uninterrupted run would.
+Data parallelism (torchrun + DDP) lives in :mod:`.distributed`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.corpus import corpus_files, read_documents
+from ..data.tokenized import TokenizedCorpus
+from ..data.tokenizers import Tokenizer, load_tokenizer, tokenizer_from_spec
+from ..models import GPTLM, LanguageModel, MosaicLM
+from . import distributed
+from .checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint
+from .config import TrainConfig, resolve_cache_dir, resolve_data_path, source_key
+from .evaluate import evaluate
+from .optim import build_optimizer, set_lr, warmup_cosine
+
+MODEL_CLASSES: dict[str, type[LanguageModel]] = {"mosaic": MosaicLM, "gpt": GPTLM}
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or gradient norm) became NaN or infinite; nothing was saved after the last good step."""
+
+
+# ---------------------------------------------------------------------- data
+def build_tokenizer(config: TrainConfig, cache_root: Path, progress: bool = True) -> Tokenizer:
+    """The tokenizer ``config.tokenizer`` names; a ``bpe:N`` one is trained once on the training
+    corpus and cached under ``cache_root``."""
+    spec = config.tokenizer
+    if not spec.startswith("bpe:"):
+        return tokenizer_from_spec(spec)
+    source = resolve_data_path(config.train)
+    stamp = [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in corpus_files(source)] or [source]
+    directory = cache_root / f"tokenizer-{spec.replace(':', '')}-{source_key(spec, config.separator, config.text_field, *stamp)}"
+    if (directory / "tokenizer.json").is_file():
+        return load_tokenizer(directory)
+    if progress:
+        tqdm.write(f"training a {spec} tokenizer on {source}")
+    tokenizer = tokenizer_from_spec(spec, read_documents(source, config.separator, config.text_field))
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}")
+    tokenizer.save(tmp)
+    try:
+        os.rename(tmp, directory)
+    except OSError:  # another run cached it meanwhile
+        pass
+    return tokenizer
+
+
+def open_corpus(source: str, tokenizer: Tokenizer, cache_root: Path, separator: str = "eot",
+                text_field: str = "text", progress: bool = True) -> TokenizedCorpus:
+    """``source`` tokenised by ``tokenizer``, cached under ``cache_root`` (one folder per source and tokenizer)."""
+    source = resolve_data_path(source)
+    key = source_key(os.path.abspath(source), tokenizer.fingerprint, separator, text_field)
+    directory = cache_root / f"tokens-{Path(source).stem or 'corpus'}-{key}"
+    return TokenizedCorpus.build_or_load(source, tokenizer, directory, separator=separator, text_field=text_field,
+                                         progress=progress)
+
+
+def amp_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a ``dtype`` setting (None: plain fp32)."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 autocast needs a CUDA device; use bf16 or fp32 on CPU")
+    return AMP_DTYPES[dtype]
+
+
+# ---------------------------------------------------------------------- metrics
+class MetricsLog:
+    """Rows of metrics appended to ``metrics.jsonl`` and ``metrics.csv`` (and TensorBoard if installed)."""
+
+    FIELDS = ("step", "split", "loss", "perplexity", "lr", "grad_norm", "tokens", "tokens_per_s",
+              "data_fraction", "elapsed_s")
+
+    def __init__(self, out_dir: Path, resume_step: int | None, tensorboard: bool = True):
+        self.jsonl_path, self.csv_path = out_dir / "metrics.jsonl", out_dir / "metrics.csv"
+        rows = self._read() if resume_step is not None else []
+        rows = [r for r in rows if r.get("step", 0) <= (resume_step or 0)]  # drop steps the resumed run redoes
+        self.jsonl = open(self.jsonl_path, "w", encoding="utf-8")
+        self.csv_file = open(self.csv_path, "w", newline="", encoding="utf-8")
+        self.csv = csv.DictWriter(self.csv_file, fieldnames=self.FIELDS, extrasaction="ignore")
+        self.csv.writeheader()
+        for row in rows:
+            self._write(row)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def _read(self) -> list[dict]:
+        if not self.jsonl_path.is_file():
+            return []
+        rows = []
+        for line in self.jsonl_path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill
+                pass
+        return rows
+
+    def _write(self, row: dict) -> None:
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.csv.writerow(row)
+
+    def log(self, row: dict[str, Any]) -> None:
+        self._write(row)
+        self.jsonl.flush()
+        self.csv_file.flush()
+        if self.tb is not None:
+            for key, value in row.items():
+                if key not in ("step", "split") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{row['split']}/{key}", value, row["step"])
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.csv_file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---------------------------------------------------------------------- trainer
+class Trainer:
+    """Set everything up from a :class:`TrainConfig`; :meth:`fit` runs the loop.
+
+    With ``resume`` the run continues from ``out_dir/last`` when there is one (and starts afresh
+    otherwise); without it, an ``out_dir`` that already holds a checkpoint is refused.
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
+                 log: Callable[[str], None] = tqdm.write):
+        cfg = self.cfg = config
+        self.out = Path(out_dir)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.dist = d = distributed.init(cfg.device)
+        self.device = d.device
+        self.log = log if d.is_main else (lambda msg: None)
+        if not cfg.train:
+            raise ValueError("no training data: pass --data PATH or set `train` in the config file")
+        self.micro_batch, rest = divmod(cfg.batch_size, cfg.grad_accum * d.world_size)
+        if rest or not self.micro_batch:
+            raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of grad_accum x processes "
+                             f"= {cfg.grad_accum} x {d.world_size}")
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is not None and not resume:
+            raise ValueError(f"{self.out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+        self.amp_dtype = amp_dtype(cfg.dtype, self.device)
+        progress = cfg.progress and d.is_main
+
+        # data (rank 0 builds the caches, the others then read them)
+        cache_root = resolve_cache_dir(cfg.cache_dir)
+        with distributed.main_first(d):
+            self.tokenizer = load_tokenizer(ckpt) if ckpt else build_tokenizer(cfg, cache_root, progress)
+            self.train_data = open_corpus(cfg.train, self.tokenizer, cache_root, cfg.separator, cfg.text_field, progress)
+            self.valid_data = (open_corpus(cfg.valid, self.tokenizer, cache_root, cfg.separator, cfg.text_field,
+                                           progress) if cfg.valid else None)
+        for corpus in (self.train_data, self.valid_data):
+            if corpus is not None:
+                corpus.num_eval_windows(cfg.context)  # a corpus shorter than one context fails here, clearly
+
+        # model and optimiser
+        torch.manual_seed(cfg.seed)
+        self.model = MODEL_CLASSES[cfg.model](cfg.model_config(self.tokenizer.vocab_size))
+        if ckpt:
+            load_weights(self.model, ckpt)
+        self.model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + 1 + d.rank)  # dropout: one stream per process
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.step, self.tokens_seen, self.best_val, self.data_time = 0, 0, math.inf, 0.0
+        if ckpt:
+            self._restore(load_state(ckpt))
+            self.log(f"resumed from {ckpt} at step {self.step}")
+        elif resume:
+            self.log(f"no checkpoint in {self.out}; starting from scratch")
+        self.ddp = distributed.wrap(self.model, d)
+        self.train_model = torch.compile(self.ddp) if cfg.compile else self.ddp
+        self.metrics = None
+        if d.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out)
+            self.metrics = MetricsLog(self.out, self.step if ckpt else None, cfg.tensorboard)
+
+    # ------------------------------------------------------------------ one step
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's rows of the next global batch, shaped (grad_accum, micro_batch, context)."""
+        cfg, d = self.cfg, self.dist
+        x, y = self.train_data.random_crops(cfg.batch_size, cfg.context, self.data_gen)
+        shape = (cfg.grad_accum, d.world_size, self.micro_batch, cfg.context)
+        x, y = x.view(shape)[:, d.rank], y.view(shape)[:, d.rank]
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimiser step; returns (global mean loss, gradient norm before clipping)."""
+        cfg = self.cfg
+        lr = warmup_cosine(self.step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.max_steps)
+        set_lr(self.optimizer, lr)
+        t0 = time.perf_counter()
+        x, y = self.next_batch()
+        self.data_time = time.perf_counter() - t0
+        total = torch.zeros((), device=self.device)
+        for a in range(cfg.grad_accum):
+            with distributed.no_sync(self.ddp, sync=a == cfg.grad_accum - 1):
+                with self.autocast():
+                    _, loss = self.train_model(x[a], y[a])
+                self.scaler.scale(loss / cfg.grad_accum).backward()
+            total += loss.detach()
+        loss = distributed.all_reduce_sum(total / cfg.grad_accum).item() / self.dist.world_size
+        if not math.isfinite(loss):
+            self._diverged(f"loss is {loss}")
+        grad_norm = math.nan
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+                self._diverged(f"gradient norm is {grad_norm}")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += cfg.batch_size * cfg.context
+        return loss, grad_norm
+
+    def _diverged(self, what: str) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        last = latest_checkpoint(self.out)
+        kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint had been written yet"
+        raise TrainingDiverged(f"{what} at step {self.step + 1}; training stopped, {kept}")
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        """Train to ``max_steps``; return a summary (step, last train loss, last validation loss, tokens/s)."""
+        cfg = self.cfg
+        bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (cfg.progress and self.dist.is_main))
+        start = time.perf_counter()
+        win = {"loss": 0.0, "steps": 0, "time": 0.0, "data": 0.0}
+        summary: dict[str, Any] = {"train_loss": None, "val_loss": None}
+        train_time = 0.0
+        tokens_at_start = self.tokens_seen
+        try:
+            while self.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                loss, grad_norm = self.train_step()
+                dt = time.perf_counter() - t0
+                train_time += dt
+                win["loss"] += loss
+                win["steps"] += 1
+                win["time"] += dt
+                win["data"] += self.data_time
+                tok_s = win["steps"] * cfg.batch_size * cfg.context / win["time"]
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
+                    summary["train_loss"] = win["loss"] / win["steps"]
+                    self._log({"split": "train", "loss": summary["train_loss"], "lr": self.optimizer.param_groups[0]["lr"],
+                               "grad_norm": grad_norm, "tokens_per_s": tok_s,
+                               "data_fraction": win["data"] / win["time"], "elapsed_s": time.perf_counter() - start})
+                    win = {"loss": 0.0, "steps": 0, "time": 0.0, "data": 0.0}
+                improved = False
+                if self.valid_data is not None and (
+                        (cfg.eval_interval and self.step % cfg.eval_interval == 0) or self.step == cfg.max_steps):
+                    result = self.evaluate()
+                    summary["val_loss"] = result["loss"]
+                    self._log({"split": "valid", "loss": result["loss"], "perplexity": result["perplexity"],
+                               "elapsed_s": time.perf_counter() - start})
+                    self.log(f"step {self.step}: valid loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f})")
+                    improved = result["loss"] < self.best_val
+                    self.best_val = min(self.best_val, result["loss"])
+                if ((cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0)
+                        or self.step == cfg.max_steps or (improved and cfg.keep_best)):
+                    self.save(best=improved and cfg.keep_best)
+        finally:
+            bar.close()
+            if self.metrics is not None:
+                self.metrics.close()
+        tokens_done = self.tokens_seen - tokens_at_start
+        summary.update(step=self.step, tokens_per_s=tokens_done / train_time if train_time else None,
+                       checkpoint=str(latest_checkpoint(self.out)) if self.dist.is_main else None)
+        return summary
+
+    def evaluate(self) -> dict[str, Any]:
+        """Validation loss, perplexity and loss by position over ``eval_windows`` fixed windows."""
+        return evaluate(self.model, self.valid_data, self.cfg.context, self.cfg.eval_windows or None,
+                        self.cfg.eval_batch_size, self.device, self.amp_dtype, self.dist)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.log({"step": self.step, "tokens": self.tokens_seen, **row})
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, best: bool = False) -> Path | None:
+        """Checkpoint the current step (every process takes part; rank 0 writes)."""
+        d = self.dist
+        torch_rng = distributed.all_gather(torch.get_rng_state(), d)
+        cuda_rng = (distributed.all_gather(torch.cuda.get_rng_state(self.device), d)
+                    if self.device.type == "cuda" else [])
+        path = None
+        if d.is_main:
+            state = {"format": 1, "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
+                     "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                     "scheduler": {"name": "warmup_cosine", "step": self.step},
+                     "data_rng": self.data_gen.get_state(), "torch_rng": torch_rng, "cuda_rng": cuda_rng,
+                     "world_size": d.world_size}
+            links = ("last", "best") if best else ("last",)
+            path = save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.cfg, state, links)
+        distributed.barrier()
+        return path
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.tokens_seen, self.best_val = state["step"], state["tokens_seen"], state["best_val"]
+        self.data_gen.set_state(state["data_rng"])
+        rank, world = self.dist.rank, self.dist.world_size
+        if len(state["torch_rng"]) == world:
+            torch.set_rng_state(state["torch_rng"][rank])
+            if self.device.type == "cuda" and len(state["cuda_rng"]) == world:
+                torch.cuda.set_rng_state(state["cuda_rng"][rank], self.device)
+        else:
+            self.log(f"checkpoint written by {len(state['torch_rng'])} processes, resumed by {world}: "
+                     "dropout streams are reseeded (batches and weights continue exactly)")
+            torch.manual_seed(self.cfg.seed + 1 + rank + self.step * world)
+
+    def close(self) -> None:
+        distributed.shutdown()

@@ -1,0 +1,139 @@
+"""Three moons (spec 4.1): data, the 54-parameter memory, generation, training, the command."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from memory_mosaics.cli import main
+from memory_mosaics.data.moons import (
+    LONGEST_COMBINED,
+    STEPS_PER_UNIT,
+    UNSEEN_PERIODS,
+    MoonSystem,
+    combined_period,
+    sample_batch,
+    spec_systems,
+)
+from memory_mosaics.experiments.moons import Settings, train
+from memory_mosaics.layers import ContextualMemory
+from memory_mosaics.models.moons import disentanglement, generate, moons_memory
+
+
+def test_nine_spec_systems_validation_is_the_ninth():
+    train_systems, validation = spec_systems()
+    assert len(train_systems) == 8
+    kept = [s.periods for s in train_systems + [validation]]
+    assert len(set(kept)) == 9 and all(len(set(p)) == 3 for p in kept)  # distinct triples of distinct periods
+    combined = [combined_period(p) for p in kept]
+    assert combined == sorted(combined) and max(combined) == LONGEST_COMBINED == 6.0
+    assert validation.periods == (1.0, 1.5, 2.0) and validation.combined_period == 6.0
+    assert STEPS_PER_UNIT == pytest.approx(800 / 6 / 3)
+    assert validation.periods_in_steps() == pytest.approx([44.44, 66.67, 88.89], abs=0.01)
+    assert validation.combined_period_in_steps() == pytest.approx(266.67, abs=0.01)
+
+
+def test_windows_targets_norms_and_rotation():
+    system = spec_systems()[1]
+    x, y = system.windows(3, 800, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (3, 800, 6)
+    torch.testing.assert_close(y[:, :-1], x[:, 1:])  # target = next observation
+    pairs = x.view(3, 800, 3, 2)
+    torch.testing.assert_close(pairs.norm(dim=-1), torch.ones(3, 800, 3))
+    # (re, im) = (sin, cos): one step is the complex multiplication by exp(-2 pi i / P)
+    z = torch.view_as_complex(pairs.double().contiguous())
+    rotation = torch.exp(-2j * math.pi / torch.tensor(system.periods_in_steps(), dtype=torch.float64))
+    torch.testing.assert_close(z[:, 1:] / z[:, :-1], rotation.expand(3, 799, 3), atol=1e-5, rtol=0)
+    x0 = system.observe(torch.tensor(0))
+    torch.testing.assert_close(x0, torch.tensor([math.sin(0.3), math.cos(0.3)] * 3))
+
+
+def test_training_batches_mix_systems():
+    train_systems, _ = spec_systems()
+    x, y = sample_batch(train_systems, 5, 50, torch.Generator().manual_seed(1))
+    assert x.shape == y.shape == (5, 50, 6)
+    torch.testing.assert_close(y[:, :-1], x[:, 1:])
+
+
+def test_observer_on_a_moon_and_arbitrary_periods():
+    sun, moon = MoonSystem((1.0, 2.0, 3.0)), MoonSystem((1.0, 2.0, 3.0), "moon")
+    n = torch.arange(500)
+    xs, xm = sun.observe(n), moon.observe(n)
+    torch.testing.assert_close(xm[:, :2], xs[:, :2])  # moon 1 keeps its own position
+    torch.testing.assert_close(xm.view(500, 3, 2).norm(dim=-1), torch.ones(500, 3))
+    assert moon.apparent_periods == pytest.approx((1.0, 2.0, 1.5))  # synodic periods
+    assert moon.combined_period == sun.combined_period == 6.0
+    unseen = MoonSystem(UNSEEN_PERIODS)
+    assert not set(UNSEEN_PERIODS) & {p for s in spec_systems()[0] for p in s.periods}
+    assert unseen.combined_period == 11.25
+    with pytest.raises(ValueError):
+        MoonSystem((1.0, 2.0))
+
+
+@pytest.mark.parametrize("n_head", [1, 3])
+def test_model_has_54_parameters_from_contextual_memory(n_head):
+    memory = moons_memory(n_head)
+    assert isinstance(memory, ContextualMemory)
+    assert sum(p.numel() for p in memory.parameters()) == 54
+    assert memory.key.n_head == n_head
+
+
+@pytest.mark.parametrize("n_head", [1, 3])
+def test_step_with_true_observations_equals_teacher_forcing(n_head):
+    memory = moons_memory(n_head).eval()
+    x, _ = spec_systems()[1].windows(2, 120, torch.Generator().manual_seed(2))
+    forced = memory(x)
+    c = 70
+    y, state = memory.prefill(x[:, :c])
+    outs = [memory.step(x[:, t : t + 1], state) for t in range(c, x.shape[1])]
+    torch.testing.assert_close(torch.cat([y] + outs, dim=1), forced, atol=1e-5, rtol=1e-4)
+    gen = generate(memory, x[:, :c], 5)
+    assert gen.shape == (2, 5, 6)
+    torch.testing.assert_close(gen[:, 0], forced[:, c - 1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gen[:, 1:2], memory(torch.cat([x[:, :c], gen[:, :1]], 1))[:, -1:], atol=1e-5, rtol=1e-4)
+
+
+def test_training_is_deterministic_with_a_seed():
+    settings = Settings(steps=3, batch_size=2)
+    systems = spec_systems()[0]
+
+    def trained(seed):
+        torch.manual_seed(seed)
+        memory = moons_memory(3)
+        return train(memory, systems, settings, seed, desc="test"), memory.state_dict()
+
+    (l1, s1), (l2, s2), (l3, _) = trained(5), trained(5), trained(6)
+    assert l1 == l2 and l1 != l3
+    for k in s1:
+        assert torch.equal(s1[k], s2[k])
+
+
+def test_disentanglement_score():
+    memory = moons_memory(3)
+    with torch.no_grad():
+        perm = torch.tensor([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]])  # head h reads moon perm[h]
+        for layer in (memory.key.proj, memory.value.proj):
+            layer.re.copy_(perm * 2.0)
+            layer.im.copy_(perm * 0.5)
+    assert disentanglement(memory) == pytest.approx(1.0)
+    with torch.no_grad():
+        memory.key.proj.re.fill_(1.0)
+        memory.value.proj.re.fill_(1.0)
+        memory.key.proj.im.zero_()
+        memory.value.proj.im.zero_()
+    assert disentanglement(memory) == pytest.approx(1 / 3)
+
+
+def test_quick_reproduce_writes_metrics_and_figures(tmp_path):
+    assert main(["reproduce", "moons", "--quick", "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for name in ("1head", "3heads"):
+        for split in ("train", "validation", "unseen"):
+            assert set(metrics["summary"][name][split]) == {"before_periods", "between_periods", "after_combined", "disentanglement"}
+    assert metrics["systems"]["validation"]["periods"] == [1.0, 1.5, 2.0]
+    run = metrics["runs"][0]["models"]["3heads"]
+    assert len(run["curves"]["train"]) == 8 and len(run["curves"]["validation"]) == len(metrics["contexts"])
+    for png in ("error_vs_context", "error_vs_context_train", "trajectories", "attention", "weights"):
+        assert (tmp_path / f"{png}.png").stat().st_size > 0
+    assert (tmp_path / "seeds.md").read_text().startswith("Seeds [0]")

@@ -1,0 +1,150 @@
+"""Tests of the RegBench training / evaluation experiment and the ``mosaics regbench`` command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from memory_mosaics.cli import main
+from memory_mosaics.data.regbench import PAD, SPLITS, make_splits, read_jsonl
+from memory_mosaics.eval.regbench_metrics import evaluate_predictor, true_next_distributions
+from memory_mosaics.experiments import regbench as exp
+
+
+@pytest.fixture(scope="module")
+def envs():
+    return make_splits(0, seed=3, num_test=12, num_val=0)["test"]
+
+
+class _TableModel(torch.nn.Module):
+    """Returns given per-environment distributions as logits (log p), looked up by the prompt."""
+
+    def __init__(self, envs, predict):
+        super().__init__()
+        self.table = {tuple(env.tokens[:-1]): predict(env) for env in envs}
+
+    def forward(self, idx):
+        logits = torch.zeros(*idx.shape, 20, dtype=torch.float64)
+        for row, tokens in enumerate(idx.tolist()):
+            length = sum(1 for t in tokens if t != PAD)  # PAD never occurs inside a prompt
+            probs = torch.as_tensor(self.table[tuple(tokens[:length])])
+            logits[row, :length] = probs.log()
+        return logits
+
+
+def test_true_distribution_model_is_perfect(envs):
+    model = _TableModel(envs, lambda env: true_next_distributions(env.automaton, env.tokens))
+    scores = exp.evaluate(model, envs, batch_size=5)
+    assert scores["accuracy"] == 1.0
+    assert scores["tvd"] == pytest.approx(0.0, abs=1e-9)
+    assert scores["positions"] == sum(len(env.tokens) - 1 for env in envs)
+    # the loss is the cross-entropy of the true distribution on the letter labels: finite, positive
+    assert 0.0 < scores["loss"] < np.log(3) + 1e-9
+
+
+def test_evaluation_pools_like_the_metrics_module(envs):
+    def predict(env):
+        rng = np.random.default_rng(len(env.tokens))
+        p = rng.random((len(env.tokens) - 1, 20))
+        return p / p.sum(axis=1, keepdims=True)
+
+    model = _TableModel(envs, predict)
+    ours = exp.evaluate(model, envs, batch_size=5)
+    reference = evaluate_predictor(envs, predict)
+    for key in ("accuracy", "tvd", "l1"):
+        assert ours[key] == pytest.approx(reference[key], abs=1e-9)
+
+
+def test_cpu_preset_models_have_equal_block_weights():
+    hp = exp.PRESETS["cpu"]["models"]
+    mosaic, gpt = exp.build_model("mosaic", hp["mosaic"]), exp.build_model("gpt", hp["gpt"])
+
+    def block_weights(model):
+        return sum(p.numel() for name, p in model.named_parameters() if name.startswith("blocks") and p.dim() >= 2)
+
+    assert block_weights(mosaic) == block_weights(gpt) == 2 * 12 * 64**2
+    assert gpt.num_params() - mosaic.num_params() < exp.BLOCK_SIZE * 64 + 1000
+
+
+def test_quick_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    assert main(["reproduce", "regbench", "--quick", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {"settings", "generator_stats", "baselines", "published", "runs", "summary"} <= set(results)
+    assert results["baselines"]["oracle"]["accuracy"] == 1.0
+    assert {r["model"] for r in results["runs"]} == {"mosaic", "gpt"}
+    for run in results["runs"]:
+        for key in ("accuracy", "tvd", "best_val_loss", "params", "train_time_s", "num_train", "seed", "history"):
+            assert key in run
+        assert 0.0 <= run["accuracy"] <= 1.0 and 0.0 <= run["tvd"] <= 1.0
+        assert run["best_val_loss"] == min(h["val_loss"] for h in run["history"])
+        assert run["steps"] == run["epochs"] * -(-run["num_train"] // exp.BATCH_SIZE)
+    assert set(results["summary"]) == {"mosaic", "gpt"}
+    assert (out / "figure9.png").stat().st_size > 1000
+
+    # --resume reuses the finished runs instead of training again
+    assert main(["reproduce", "regbench", "--quick", "--out", str(out), "--no-progress", "--resume"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert [r["accuracy"] for r in again["runs"]] == [r["accuracy"] for r in results["runs"]]
+    assert [r["train_time_s"] for r in again["runs"]] == [r["train_time_s"] for r in results["runs"]]
+
+
+def test_quick_grid_selects_on_validation(tmp_path):
+    out = tmp_path / "grid"
+    argv = ["reproduce", "regbench", "--quick", "--models", "mosaic", "--grid", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    (selection,) = results["selection"]
+    best = min(selection["trials"], key=lambda t: t["best_val_loss"])
+    assert selection["chosen"] == best["point"]
+    assert len(results["runs"]) == len(exp.GRIDS["quick"]["lr"])
+    main_runs = [r for r in results["runs"] if not r.get("grid_only")]
+    assert len(main_runs) == 1 and main_runs[0]["hparams"]["lr"] == best["point"]["lr"]
+
+
+def test_data_command_writes_three_splits(tmp_path, capsys):
+    path = tmp_path / "envs.jsonl"
+    argv = ["regbench", "data", "--num-train", "7", "--num-test", "5", "--num-val", "4", "--seed", "2", "--out", str(path)]
+    assert main(argv) == 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == 16
+    records = [json.loads(line) for line in lines]
+    assert all(set(r) == {"split", "automaton", "tokens"} for r in records)
+    splits = read_jsonl(path)
+    assert {name: len(splits[name]) for name in SPLITS} == {"test": 5, "validation": 4, "train": 7}
+    expected = make_splits(7, seed=2, num_test=5, num_val=4)
+    assert [e.tokens for e in splits["train"]] == [e.tokens for e in expected["train"]]
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"] == {"test": 5, "validation": 4, "train": 7}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["regbench", "data", "--num-train", "-3", "--out", "OUT"],
+        ["regbench", "data", "--num-train", "3", "--out", "MISSING/envs.jsonl"],
+        ["regbench", "data", "--num-train", "abc", "--out", "OUT"],
+        ["regbench", "baselines", "--num-envs", "0"],
+        ["reproduce", "regbench", "--quick", "--models", "lstm", "--out", "OUT"],
+        ["reproduce", "regbench", "--quick", "--num-train", "0", "--out", "OUT"],
+        ["reproduce", "regbench", "--quick", "--grid-spec", "colour=red", "--out", "OUT"],
+    ],
+)
+def test_bad_input_exits_2(tmp_path, argv, capsys):
+    argv = [a.replace("OUT", str(tmp_path / "out.jsonl")).replace("MISSING", str(tmp_path / "missing")) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    assert code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_baselines_command(tmp_path, capsys):
+    path = tmp_path / "b.json"
+    assert main(["regbench", "baselines", "--num-envs", "10", "--max-order", "3", "--out", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert set(report["scores"]) == {"1-gram", "2-gram", "3-gram", "oracle"}
+    assert report["scores"]["oracle"]["tvd"] == 0.0
+    assert json.loads(capsys.readouterr().out) == report
