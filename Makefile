@@ -1,0 +1,33 @@
+# The two set-up commands of the README: `make demo` (the main job) and `make test`.
+# Each creates the virtual environment when it is missing. torch is pinned first so that pip
+# takes the CPU build instead of pulling a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+OUT ?= runs
+
+.PHONY: demo test test-all bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/mosaics reproduce moons --out $(OUT)/moons
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+test-all: $(BIN)/.installed
+	$(BIN)/python -m pytest -q --runslow
+
+bench: $(BIN)/.installed
+	cd benchmarks && ../$(BIN)/python bench_leaky_average.py && ../$(BIN)/python bench_train_step.py \
+	  && ../$(BIN)/python bench_decode.py && ../$(BIN)/python bench_memory.py && ../$(BIN)/python bench_memory.py --grad
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache
