@@ -23,6 +23,10 @@ def gpt(**kw):
 MODELS = {
     "mosaic": mosaic,
     "mosaic-v2": lambda: mosaic(key_extractor="gated", bandwidth="adaptive"),
+    "mosaic-v2-memories": lambda: mosaic(
+        key_extractor="gated", bandwidth="adaptive", persistent="swiglu",
+        short_term_window=8, long_term_skip_min=4, long_term_skip_max=12,
+    ),
     "gpt": gpt,
 }
 
@@ -172,3 +176,15 @@ def test_mosaic_trained_at_one_length_runs_at_four_times_it():
         # accuracy on the positions after the first block: the answer is in the memory
         acc_long = (logits[:, 8:].argmax(-1) == seq[:, 9:]).float().mean()
     assert acc_long > 0.9, f"copy accuracy at 4x the training length: {acc_long:.3f}"
+
+
+def test_v2_long_term_skip_is_drawn_in_training_and_fixed_in_eval():
+    model = MODELS["mosaic-v2-memories"]()
+    idx = torch.randint(0, V, (1, 40))
+    torch.testing.assert_close(model(idx), model(idx))  # eval: m = long_term_skip_min
+    model.train()
+    seen = set()
+    for _ in range(30):
+        model(idx)
+        seen.add(model.blocks[0].cmem.long.min_lag)
+    assert len(seen) > 1 and min(seen) >= 4 and max(seen) <= 12

@@ -4,6 +4,7 @@ from .bandwidth import AdaptiveBandwidth, FixedBandwidth, LearnedBandwidth, make
 from .cache import GrowingBuffer
 from .contextual import ContextualMemory, ContextualState
 from .extractors import ComplexLinear, GatedLeakyKey, LeakyAverageKey, LinearKey, PeekValue
+from .multilevel import ShortLongMemory, SwiGLU
 from .persistent import PersistentMemory
 
 __all__ = [
@@ -20,4 +21,6 @@ __all__ = [
     "LinearKey",
     "PeekValue",
     "PersistentMemory",
+    "ShortLongMemory",
+    "SwiGLU",
 ]

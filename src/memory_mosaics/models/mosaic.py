@@ -8,8 +8,13 @@
 
 Linear and LayerNorm have no bias. Init: Linear N(0, 1/fan_in), c_proj N(0, 1/(fan_in n_layer)),
 embedding N(0, 1). With ``pmem_size = 3.5 d`` a block has exactly 12 d^2 weights, as a bias-free
-GPT-2 block, plus 7 scalars per head. v2 switches: ``key_extractor="gated"``,
-``bandwidth="adaptive"``.
+GPT-2 block, plus 7 scalars per head.
+
+v2 switches (spec section 5): ``key_extractor="gated"``, ``bandwidth="adaptive"``,
+``short_term_window=h`` (a short-term memory over lags 1..h-1 and a long-term memory over lags
+>= m, m ~ U[long_term_skip_min, long_term_skip_max] in training, their outputs concatenated then
+W_o) and ``persistent="swiglu"`` (a SwiGLU feed-forward of hidden size 3 d, 9 d^2 weights like the
+bank P-mem).
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..layers import ContextualMemory, GatedLeakyKey, LeakyAverageKey, PeekValue, PersistentMemory, make_bandwidth
+from ..layers.multilevel import ShortLongMemory, SwiGLU
 from .base import LanguageModel, ModelConfig
 
 KEY_EXTRACTORS = ("leaky", "gated")
 BANDWIDTHS = ("learned", "adaptive")
+PERSISTENT = ("bank", "swiglu")
 
 
 @dataclass
@@ -43,6 +50,10 @@ class MosaicConfig(ModelConfig):
     attn_dropout: float = 0.05  # on retrieval weights
     key_extractor: str = "leaky"  # "leaky" (v1) | "gated" (v2)
     bandwidth: str = "learned"  # C-mem bandwidth: "learned" (v1) | "adaptive" (v2)
+    short_term_window: int | None = None  # v2: h; None = one contextual memory over all past pairs (v1)
+    long_term_skip_min: int = 64  # v2: m at inference, lower end of m's training range
+    long_term_skip_max: int = 256  # v2: upper end of m's training range
+    persistent: str = "bank"  # "bank" (v1 P-mem) | "swiglu" (v2)
 
     def __post_init__(self):
         if self.pmem_size is None:
@@ -55,6 +66,12 @@ class MosaicConfig(ModelConfig):
             raise ValueError(f"key_extractor must be one of {KEY_EXTRACTORS}, got {self.key_extractor!r}")
         if self.bandwidth not in BANDWIDTHS:
             raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {self.bandwidth!r}")
+        if self.persistent not in PERSISTENT:
+            raise ValueError(f"persistent must be one of {PERSISTENT}, got {self.persistent!r}")
+        if self.short_term_window is not None:
+            self._check_positive("short_term_window", "long_term_skip_min", "long_term_skip_max")
+            if self.short_term_window < 2 or self.long_term_skip_min > self.long_term_skip_max:
+                raise ValueError("v2 memories need short_term_window >= 2 and long_term_skip_min <= long_term_skip_max")
 
 
 def _linear(d_in: int, d_out: int) -> nn.Linear:
@@ -68,32 +85,54 @@ def _key_extractor(config: MosaicConfig) -> nn.Module:
     return LeakyAverageKey(proj, config.n_head)
 
 
+def _contextual_memory(config: MosaicConfig, proj: nn.Module, **lags) -> ContextualMemory:
+    d, H = config.n_embd, config.n_head
+    return ContextualMemory(
+        key=_key_extractor(config),
+        value=PeekValue(_linear(d, d), H),  # W_psi
+        bandwidth=make_bandwidth(config.bandwidth, H),
+        proj=proj,
+        attn_dropout=config.attn_dropout,
+        resid_dropout=config.dropout if not isinstance(proj, nn.Identity) else 0.0,
+        **lags,
+    )
+
+
+def _contextual_part(config: MosaicConfig) -> nn.Module:
+    d = config.n_embd
+    if config.short_term_window is None:
+        return _contextual_memory(config, _linear(d, d))
+    short = _contextual_memory(config, nn.Identity(), max_lag=config.short_term_window - 1)
+    long = _contextual_memory(config, nn.Identity(), min_lag=config.long_term_skip_min)
+    skip = (config.long_term_skip_min, config.long_term_skip_max)
+    return ShortLongMemory(short, long, _linear(2 * d, d), skip, resid_dropout=config.dropout)
+
+
+def _persistent_part(config: MosaicConfig) -> nn.Module:
+    d, H = config.n_embd, config.n_head
+    if config.persistent == "swiglu":
+        return SwiGLU(d, 3 * d, _linear(3 * d, d), resid_dropout=config.dropout)
+    return PersistentMemory(
+        key=_key_extractor(config),
+        bandwidth=make_bandwidth("learned", H),
+        n_head=H,
+        head_dim=d // H,
+        size=config.pmem_size,
+        proj=_linear(d, d),
+        attn_dropout=config.attn_dropout,
+        resid_dropout=config.dropout,
+    )
+
+
 class MosaicBlock(nn.Module):
     """One pre-norm block: contextual memory, then persistent memory, each in a residual branch."""
 
     def __init__(self, config: MosaicConfig):
         super().__init__()
-        d, H = config.n_embd, config.n_head
-        self.ln_1 = nn.LayerNorm(d, bias=False)
-        self.cmem = ContextualMemory(
-            key=_key_extractor(config),
-            value=PeekValue(_linear(d, d), H),  # W_psi
-            bandwidth=make_bandwidth(config.bandwidth, H),
-            proj=_linear(d, d),
-            attn_dropout=config.attn_dropout,
-            resid_dropout=config.dropout,
-        )
-        self.ln_2 = nn.LayerNorm(d, bias=False)
-        self.pmem = PersistentMemory(
-            key=_key_extractor(config),
-            bandwidth=make_bandwidth("learned", H),
-            n_head=H,
-            head_dim=d // H,
-            size=config.pmem_size,
-            proj=_linear(d, d),
-            attn_dropout=config.attn_dropout,
-            resid_dropout=config.dropout,
-        )
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=False)
+        self.cmem = _contextual_part(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=False)
+        self.pmem = _persistent_part(config)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.cmem(self.ln_1(x))

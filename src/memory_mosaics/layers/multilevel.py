@@ -1,0 +1,69 @@
+"""v2's two contextual memories per block (spec section 5.3), and its feed-forward persistent memory.
+
+    y_t = W_o [ CMem_short(x)_t ; CMem_long(x)_t ]
+
+The short-term memory reads the pairs of the last ``h - 1`` steps (lags 1 .. h-1); the long-term
+memory reads every pair at least ``m`` steps old (lags >= m), with ``m ~ U[m_lo, m_hi]`` drawn per
+forward pass during training and ``m = m_lo`` at inference. The windows overlap. Each memory has its
+own extractors and bandwidth; their outputs are concatenated and combined by ``W_o``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .contextual import ContextualMemory, ContextualState
+
+
+class ShortLongMemory(nn.Module):
+    """Args: short, long: :class:`ContextualMemory` with identity output projections;
+    proj: W_o, (B, T, 2 d) -> (B, T, d); long_skip: (m_lo, m_hi)."""
+
+    def __init__(self, short: ContextualMemory, long: ContextualMemory, proj: nn.Module, long_skip: tuple[int, int],
+                 resid_dropout: float = 0.0):
+        super().__init__()
+        if not 1 <= long_skip[0] <= long_skip[1]:
+            raise ValueError(f"long_skip must satisfy 1 <= m_lo <= m_hi, got {long_skip}")
+        self.short, self.long, self.c_proj = short, long, proj
+        self.long_skip = tuple(long_skip)
+        self.resid_dropout = nn.Dropout(resid_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.long.min_lag = random.randint(*self.long_skip) if self.training else self.long_skip[0]
+        return self.resid_dropout(self.c_proj(torch.cat([self.short(x), self.long(x)], dim=-1)))
+
+    @torch.no_grad()
+    def prefill(self, x: Tensor) -> tuple[Tensor, list[ContextualState]]:
+        self.long.min_lag = self.long_skip[0]
+        ys, ls = self.short.prefill(x)
+        yl, ll = self.long.prefill(x)
+        return self.c_proj(torch.cat([ys, yl], dim=-1)), [ls, ll]
+
+    @torch.no_grad()
+    def step(self, x: Tensor, state: list[ContextualState]) -> Tensor:
+        return self.c_proj(torch.cat([self.short.step(x, state[0]), self.long.step(x, state[1])], dim=-1))
+
+
+class SwiGLU(nn.Module):
+    """v2's persistent memory: ``W_2 (silu(W_1 x) * W_3 x)``; stateless, so decoding is the forward."""
+
+    def __init__(self, d: int, hidden: int, proj: nn.Module, resid_dropout: float = 0.0):
+        super().__init__()
+        self.w_1 = nn.Linear(d, hidden, bias=False)
+        self.w_3 = nn.Linear(d, hidden, bias=False)
+        self.c_proj = proj
+        self.resid_dropout = nn.Dropout(resid_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.resid_dropout(self.c_proj(F.silu(self.w_1(x)) * self.w_3(x)))
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, None]:
+        return self(x), None
+
+    def step(self, x: Tensor, state: None) -> tuple[Tensor, None]:
+        return self(x), None
