@@ -135,7 +135,7 @@ def test_sigkill_then_resume_reaches_the_same_weights(data, tmp_path):
     done = subprocess.run([*base, *train_args(data, run, *args, "--resume")], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert f"resumed from" in done.stderr + done.stdout
+    assert "resumed from" in done.stderr + done.stdout
     a, b = load_file(ref / "last" / "model.safetensors"), load_file(run / "last" / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
@@ -224,6 +224,14 @@ def test_config_resolution_order(tmp_path):
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
     with pytest.raises(ValueError, match="'n_layer' expects a value of type int"):
         TrainConfig.from_dict({"n_layer": "two"})
+
+
+@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_presets_load(preset):
+    cfg = TrainConfig.from_file(preset)
+    assert cfg.train.startswith("shared:") and cfg.batch_size % cfg.grad_accum == 0
+    cfg.model_config(50257)  # a valid model config
 
 
 def test_refuses_to_overwrite_a_run_without_resume(mosaic_run, data, capsys):

@@ -6,6 +6,11 @@ built from the library's :class:`ContextualMemory` (no key/value normalisation, 
 fixed bandwidth beta = 50, pure peek gamma = 0). W_phi, W_psi, W_z are 3x3 complex matrices
 (:class:`ComplexLinear`, 18 real parameters each). ``n_head = 1``: one head of size 6;
 ``n_head = 3``: three heads of size 2, one complex coordinate each.
+
+Initialisation: real and imaginary parts N(0, INIT_STD^2) with INIT_STD = 1/6, the variance of the
+reference code (an MLX Linear, U(+-1/sqrt(6)), averaged into complex blocks: var = 1/36). The
+library default 1/sqrt(6) makes every initial score 50 k_t . k_s about six times larger (a nearly
+hard argmax) and trains markedly slower (see docs/three-moons.md).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from ..layers import ComplexLinear, ContextualMemory, FixedBandwidth, LinearKey,
 
 D = 6  # three moons x (re, im)
 BETA = 50.0
+INIT_STD = 1.0 / 6.0
 
 
 def moons_memory(n_head: int) -> ContextualMemory:
@@ -26,10 +32,10 @@ def moons_memory(n_head: int) -> ContextualMemory:
     if n_head not in (1, 3):
         raise ValueError(f"the three-moons model has 1 or 3 heads, got {n_head}")
     return ContextualMemory(
-        LinearKey(ComplexLinear(D, D), n_head),
-        PeekValue(ComplexLinear(D, D), n_head, gamma=0.0, normalize=False),
+        LinearKey(ComplexLinear(D, D, INIT_STD), n_head),
+        PeekValue(ComplexLinear(D, D, INIT_STD), n_head, gamma=0.0, normalize=False),
         FixedBandwidth(BETA),
-        ComplexLinear(D, D),
+        ComplexLinear(D, D, INIT_STD),
         normalize_keys=False,
     )
 

@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -64,7 +65,7 @@ def build_tokenizer(config: TrainConfig, cache_root: Path, progress: bool = True
     try:
         os.rename(tmp, directory)
     except OSError:  # another run cached it meanwhile
-        pass
+        shutil.rmtree(tmp, ignore_errors=True)
     return tokenizer
 
 
@@ -225,8 +226,8 @@ class Trainer:
         x, y = x.view(shape)[:, d.rank], y.view(shape)[:, d.rank]
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimiser step; returns (global mean loss, gradient norm before clipping)."""
+    def train_step(self) -> tuple[float, float | None]:
+        """One optimiser step; returns (global mean loss, gradient norm before clipping or None without clipping)."""
         cfg = self.cfg
         lr = warmup_cosine(self.step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.max_steps)
         set_lr(self.optimizer, lr)
@@ -243,7 +244,7 @@ class Trainer:
         loss = distributed.all_reduce_sum(total / cfg.grad_accum).item() / self.dist.world_size
         if not math.isfinite(loss):
             self._diverged(f"loss is {loss}")
-        grad_norm = math.nan
+        grad_norm = None
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
@@ -355,7 +356,7 @@ class Trainer:
                 torch.cuda.set_rng_state(state["cuda_rng"][rank], self.device)
         else:
             self.log(f"checkpoint written by {len(state['torch_rng'])} processes, resumed by {world}: "
-                     "dropout streams are reseeded (batches and weights continue exactly)")
+                     "dropout streams are reseeded (the batches are unchanged)")
             torch.manual_seed(self.cfg.seed + 1 + rank + self.step * world)
 
     def close(self) -> None:
