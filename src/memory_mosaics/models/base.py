@@ -77,6 +77,9 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -104,7 +107,9 @@ class LanguageModel(nn.Module, abc.ABC):
             raise ValueError(f"token ids must have shape (batch, time), got {tuple(idx.shape)}")
         if idx.numel() == 0:
             raise ValueError(f"token ids must be non-empty, got shape {tuple(idx.shape)}")
-        lo, hi = int(idx.min()), int(idx.max())
+        if torch.compiler.is_compiling():  # the range check would force a device sync / graph break
+            return
+        lo, hi = (int(v) for v in torch.aminmax(idx))
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
             raise ValueError(f"token id {bad} is outside [0, {self.config.vocab_size})")
