@@ -1,0 +1,34 @@
+"""End to end: `mosaics reproduce language --quick` trains, evaluates and writes its outputs."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memory_mosaics.cli import main
+from memory_mosaics.data.corpus import shared_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared data folder (TinyStories, Wikipedia)")
+def test_language_quick(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOSAICS_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["reproduce", "language", "--quick", "--config", str(REPO / "configs/cpu-d128.toml"), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["summary"]) == {"mosaic-1", "gpt-1"}
+    for entry in results["runs"].values():
+        assert len(entry["ood"]["loss_by_position"]) == results["context"] == 64
+        assert entry["block_params"] == 12 * 32 * 32  # equal block budgets for both models
+        assert len(entry["generations"]["greedy"]) == 4
+    assert (out / "figure7.png").is_file() and (out / "figure8.png").is_file()
+    assert "mosaic depth 1" in (out / "generations.md").read_text()
+    # a second invocation reuses the finished runs instead of training again
+    assert main(["reproduce", "language", "--quick", "--config", str(REPO / "configs/cpu-d128.toml"), "--out", str(out)]) == 0
+    assert (out / "mosaic-1" / "train.log").read_text().count("starting from scratch") == 1
+
+
+def test_missing_config_is_a_clean_error(tmp_path, capsys):
+    assert main(["reproduce", "language", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
