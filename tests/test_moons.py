@@ -128,12 +128,13 @@ def test_disentanglement_score():
 def test_quick_reproduce_writes_metrics_and_figures(tmp_path):
     assert main(["reproduce", "moons", "--quick", "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    keys = ("before_periods", "between_periods", "after_combined")
     for name in ("1head", "3heads"):
         for split in ("train", "validation", "unseen"):
-            assert set(metrics["summary"][name][split]) == {"before_periods", "between_periods", "after_combined", "disentanglement"}
+            assert set(metrics["summary"][name][split]) == {*keys, "disentanglement"}
     assert metrics["systems"]["validation"]["periods"] == [1.0, 1.5, 2.0]
     run = metrics["runs"][0]["models"]["3heads"]
     assert len(run["curves"]["train"]) == 8 and len(run["curves"]["validation"]) == len(metrics["contexts"])
-    for png in ("error_vs_context", "error_vs_context_train", "trajectories", "attention", "weights"):
+    for png in ("error_vs_context", "error_vs_context_train", "drift", "trajectories", "attention", "weights"):
         assert (tmp_path / f"{png}.png").stat().st_size > 0
     assert (tmp_path / "seeds.md").read_text().startswith("Seeds [0]")

@@ -7,8 +7,9 @@ the training systems, the validation system and a system with unseen periods. Wr
 - ``metrics.json``: settings, systems (periods in units and steps), per seed and model the training
   losses, error-vs-context curves and disentanglement, and ``summary[model][split]`` (mean over seeds);
 - ``seeds.md`` / ``seeds.json``: mean, standard deviation, min and max over seeds of the summary;
-- figures: ``error_vs_context.png``, ``error_vs_context_train.png``, ``trajectories.png``,
-  ``attention.png``, ``weights.png`` (from the first seed's models).
+- figures: ``error_vs_context.png``, ``error_vs_context_train.png``, ``drift.png`` (error against
+  the generated step), and from the first seed's models ``trajectories.png``, ``attention.png``,
+  ``weights.png``.
 
 Summary regions, per system, with P = its longest individual period and C = its combined period
 (in steps): ``before_periods`` = mean error over contexts c < P, ``between_periods`` over P <= c < C,
@@ -37,6 +38,7 @@ EXPERIMENT = "moons"
 HELP = "three moons: 1 head vs 3 heads of a 54-parameter memory (paper section 3)"
 
 MODELS = {"1head": 1, "3heads": 3}
+HEADS_ARG = {"1": ["1head"], "3": ["3heads"], "both": list(MODELS)}
 SPLITS = ("train", "validation", "unseen")
 REGIONS = ("before_periods", "between_periods", "after_combined")
 EVAL_SEED = 1234  # the evaluation windows are the same for every training seed
@@ -73,6 +75,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--observer", choices=("sun", "moon"), default="sun", help="see data/moons.py")
     parser.add_argument("--out", default="runs/moons", help="output directory")
     parser.add_argument("--quick", action="store_true", help="tiny run (10 steps, few windows) for tests")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the attention barely scales)")
     parser.add_argument(
         "--bias-correction", action="store_true", help="torch's bias-corrected Adam instead of the reference's MLX Adam"
     )
@@ -114,27 +117,29 @@ def train(memory: ContextualMemory, systems: list[MoonSystem], settings: Setting
 
 
 @torch.no_grad()
-def error_curves(memory: ContextualMemory, x: Tensor, settings: Settings) -> Tensor:
-    """Mean |generated - truth| over ``gen_steps`` steps and 6 coordinates, per window and context.
+def generation_errors(memory: ContextualMemory, x: Tensor, settings: Settings) -> Tensor:
+    """|generated - truth| averaged over the 6 coordinates, per context, window and generated step.
 
-    x (B, WINDOW, 6) true windows -> (len(contexts), B): row i conditions on x_0 .. x_{c-1}.
+    x (B, WINDOW, 6) true windows -> (len(contexts), B, gen_steps): entry [i, b, j] is the error on
+    x_{c+j} after conditioning on x_0 .. x_{c-1}, c = contexts[i] (j = 0 is the one-step prediction).
     """
     rows = []
     for c in tqdm(settings.contexts, desc="evaluate", leave=False):
         g = generate(memory, x[:, :c], settings.gen_steps)  # predictions of x_c .. x_{c+gen_steps-1}
-        rows.append((g - x[:, c : c + settings.gen_steps]).abs().mean(dim=(1, 2)))
+        rows.append((g - x[:, c : c + settings.gen_steps]).abs().mean(dim=2))
     return torch.stack(rows)
 
 
-def region_means(curve: list[float], contexts: list[int], system: MoonSystem) -> dict[str, float | None]:
-    """Mean error before the longest period, between it and the combined period, and after."""
+def region_masks(contexts: list[int], system: MoonSystem) -> dict[str, Tensor]:
+    """Contexts before the longest period P, between P and the combined period C, after C: (n_ctx,) bools."""
+    c = torch.tensor(contexts, dtype=torch.float64)
     P, C = max(system.periods_in_steps()), system.combined_period_in_steps()
-    masks = {"before_periods": lambda c: c < P, "between_periods": lambda c: P <= c < C, "after_combined": lambda c: c >= C}
-    out = {}
-    for name, inside in masks.items():
-        values = [e for c, e in zip(contexts, curve) if inside(c)]
-        out[name] = sum(values) / len(values) if values else None
-    return out
+    return {"before_periods": c < P, "between_periods": (c >= P) & (c < C), "after_combined": c >= C}
+
+
+def region_means(values: Tensor, masks: dict[str, Tensor]) -> dict[str, list[float] | float | None]:
+    """Mean of values (n_ctx, ...) over the contexts of each region (None for an empty region)."""
+    return {name: values[m].mean(dim=0).tolist() if m.any() else None for name, m in masks.items()}
 
 
 def mean_of(values: list[float | None]) -> float | None:
@@ -143,7 +148,11 @@ def mean_of(values: list[float | None]) -> float | None:
 
 
 def system_info(s: MoonSystem) -> dict:
-    return {"periods": list(s.periods), "periods_steps": s.periods_in_steps(), "combined_steps": s.combined_period_in_steps()}
+    return {
+        "periods": list(s.periods),
+        "periods_steps": s.periods_in_steps(),
+        "combined_steps": s.combined_period_in_steps(),
+    }
 
 
 def run_seed(seed: int, heads: list[str], systems: dict, eval_x: Tensor, settings: Settings) -> tuple[dict, dict]:
@@ -155,9 +164,12 @@ def run_seed(seed: int, heads: list[str], systems: dict, eval_x: Tensor, setting
         torch.manual_seed(seed)
         memory = moons_memory(MODELS[name])
         losses = train(memory, systems["train"], settings, seed, desc=f"{name} seed {seed}")
-        err = error_curves(memory, eval_x, settings).view(len(contexts), len(all_systems), -1).mean(dim=2)
-        curves = [err[:, i].tolist() for i in range(len(all_systems))]  # per system, error vs context
-        regions = [region_means(curve, contexts, s) for curve, s in zip(curves, all_systems)]
+        err = generation_errors(memory, eval_x, settings)  # (n_ctx, S * W, gen_steps)
+        err = err.view(len(contexts), len(all_systems), -1, settings.gen_steps).mean(dim=2)  # (n_ctx, S, gen_steps)
+        masks = [region_masks(contexts, s) for s in all_systems]
+        curves = [err[:, i].mean(dim=1) for i in range(len(all_systems))]  # per system: error vs context
+        regions = [region_means(curve, m) for curve, m in zip(curves, masks)]
+        curves = [curve.tolist() for curve in curves]
         score = disentanglement(memory)
         n = len(systems["train"])
         summary = {
@@ -172,6 +184,9 @@ def run_seed(seed: int, heads: list[str], systems: dict, eval_x: Tensor, setting
             "curves": {"train": curves[:n], "validation": curves[n], "unseen": curves[n + 1]},
             "disentanglement": score,
             "summary": summary,
+            "step_errors": {  # error at each generated step, averaged over the contexts of each region
+                split: region_means(err[:, i], masks[i]) for split, i in (("validation", n), ("unseen", n + 1))
+            },
             "weights": {k: v.tolist() for k, v in memory.state_dict().items()},
         }
         memories[name] = memory
@@ -207,17 +222,20 @@ def claims(runs: list[dict]) -> dict:
         per_seed = []
         for run in runs:
             one, three = run["models"]["1head"]["summary"][split], run["models"]["3heads"]["summary"][split]
+            between = ratio(three["between_periods"], one["between_periods"])
             per_seed.append(
                 {
                     "seed": run["seed"],
                     "between_1head": one["between_periods"],
                     "between_3heads": three["between_periods"],
-                    "3heads_below_1head_between": ratio(three["between_periods"], one["between_periods"]) < 1,
+                    "3heads_between_over_1head_between": between,
+                    "3heads_below_1head_between": between is not None and between < 1,
                     "1head_between_over_after": ratio(one["between_periods"], one["after_combined"]),
                     "disentanglement_3heads": three["disentanglement"],
                 }
             )
-        out[split] = {"all_seeds_3heads_below_1head_between": all(p["3heads_below_1head_between"] for p in per_seed), "per_seed": per_seed}
+        every = all(p["3heads_below_1head_between"] for p in per_seed)
+        out[split] = {"all_seeds_3heads_below_1head_between": every, "per_seed": per_seed}
     return out
 
 
@@ -245,6 +263,7 @@ def table_markdown(table: dict, seeds: list[int]) -> str:
 
 COLORS = {"1head": "tab:blue", "3heads": "tab:orange"}
 LABELS = {"1head": "1 head", "3heads": "3 heads"}
+Y_MAX = 1.5  # error axes are cut there: a generation that blows up would hide everything else
 TRAJECTORY_CONTEXT = 150  # between the validation system's longest period (88.9) and combined period (266.7)
 
 
@@ -273,7 +292,7 @@ def plot_errors(ax, metrics: dict, split: str, index: int | None, system: MoonSy
             ax.plot(contexts, c, color=COLORS[name], lw=0.5, alpha=0.4)
         ax.plot(contexts, mean, color=COLORS[name], lw=2, label=LABELS[name])
     mark_periods(ax, system)
-    ax.set_ylim(0, None)
+    ax.set_ylim(0, min(ax.get_ylim()[1], Y_MAX))
     ax.set_xlabel("context length (steps)")
 
 
@@ -287,7 +306,11 @@ def plot_error_figures(out: Path, metrics: dict, systems: dict) -> None:
     import matplotlib.pyplot as plt
 
     i = representative_train_system(systems["train"])
-    panels = [("train", i, systems["train"][i]), ("validation", None, systems["validation"]), ("unseen", None, systems["unseen"])]
+    panels = [
+        ("train", i, systems["train"][i]),
+        ("validation", None, systems["validation"]),
+        ("unseen", None, systems["unseen"]),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
     for ax, (split, index, system) in zip(axes, panels):
         plot_errors(ax, metrics, split, index, system)
@@ -308,15 +331,38 @@ def plot_error_figures(out: Path, metrics: dict, systems: dict) -> None:
     plt.close(fig)
 
 
+def plot_drift(out: Path, metrics: dict) -> None:
+    """Error at each generated step j (mean over seeds and over the contexts of a region)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+    steps = list(range(1, metrics["settings"]["gen_steps"] + 1))
+    for ax, split in zip(axes, ("validation", "unseen")):
+        for name in metrics["runs"][0]["models"]:
+            for region, style in (("between_periods", "-"), ("after_combined", "--")):
+                per_seed = [run_["models"][name]["step_errors"][split][region] for run_ in metrics["runs"]]
+                if per_seed[0] is not None:
+                    mean = torch.tensor(per_seed).mean(dim=0).tolist()
+                    ax.plot(steps, mean, style, color=COLORS[name], label=f"{LABELS[name]}, {region.replace('_', ' ')}")
+        ax.set_title(split, fontsize=10)
+        ax.set_xlabel("generated step j (1 = one-step prediction)")
+        ax.set_ylim(0, min(ax.get_ylim()[1], Y_MAX))
+    axes[0].set_ylabel("mean |generated - truth|")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "drift.png", dpi=80)
+    plt.close(fig)
+
+
 @torch.no_grad()
-def plot_trajectories(out: Path, memories: dict, system: MoonSystem, settings: Settings) -> None:
+def plot_trajectories(out: Path, memories: dict, system: MoonSystem) -> None:
     """Re coordinate of each moon: truth, teacher-forced prediction, generation after TRAJECTORY_CONTEXT."""
     import matplotlib.pyplot as plt
 
-    x, y = system.windows(1, WINDOW, torch.Generator().manual_seed(EVAL_SEED))
+    x, _ = system.windows(1, WINDOW, torch.Generator().manual_seed(EVAL_SEED))
     c, horizon = TRAJECTORY_CONTEXT, 2 * TRAJECTORY_CONTEXT
     steps, truth = torch.arange(c + horizon).numpy(), x[0].numpy()
-    fig, axes = plt.subplots(len(memories), 3, figsize=(13, 2.4 * len(memories)), sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(len(memories), 3, figsize=(13, 2.4 * len(memories)), sharey=True, squeeze=False)
     for row, (name, memory) in enumerate(memories.items()):
         forced = memory(x)[0].numpy()  # y_hat_t predicts x_{t+1}
         gen = generate(memory, x[:, :c], horizon)[0].numpy()  # predicts x_c .. x_{c+horizon-1}
@@ -326,6 +372,7 @@ def plot_trajectories(out: Path, memories: dict, system: MoonSystem, settings: S
             ax.plot(steps[c:], gen[:, 2 * moon], "r-", lw=1, label="generated")
             ax.axvline(c, color="red", lw=0.5)
             ax.set_title(f"{LABELS[name]}, moon {moon + 1} (period {system.periods[moon]:g})", fontsize=9)
+    axes[0, 0].set_ylim(-Y_MAX, Y_MAX)
     axes[0, 0].legend(fontsize=7, loc="lower left")
     fig.suptitle(title(system, "validation") + f"; generation from context {c}", fontsize=10)
     fig.tight_layout()
@@ -373,12 +420,13 @@ def plot_weights(out: Path, memories: dict) -> None:
     plt.close(fig)
 
 
-def plot_all(out: Path, metrics: dict, memories: dict, systems: dict, settings: Settings) -> None:
+def plot_all(out: Path, metrics: dict, memories: dict, systems: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     plot_error_figures(out, metrics, systems)
-    plot_trajectories(out, memories, systems["validation"], settings)
+    plot_drift(out, metrics)
+    plot_trajectories(out, memories, systems["validation"])
     plot_attention(out, memories, systems["validation"])
     plot_weights(out, memories)
 
@@ -386,8 +434,18 @@ def plot_all(out: Path, metrics: dict, memories: dict, systems: dict, settings: 
 def run(args) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return reproduce(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def reproduce(args) -> int:
+    """Train, evaluate and write everything for ``mosaics reproduce moons``."""
     settings = replace(QUICK if args.quick else FULL, bias_correction=args.bias_correction)
-    heads = list(MODELS) if args.heads == "both" else [f"{args.heads}head" + ("s" if args.heads == "3" else "")]
+    heads = HEADS_ARG[args.heads]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -408,11 +466,18 @@ def run(args) -> int:
 
     table = seed_table(runs)
     metrics = {
-        "settings": {**asdict(settings), "observer": args.observer, "seeds": seeds, "eval_seed": EVAL_SEED, "quick": args.quick},
+        "settings": {**asdict(settings), "observer": args.observer, "seeds": seeds, "eval_seed": EVAL_SEED},
         "contexts": settings.contexts,
-        "systems": {"train": [system_info(s) for s in train_systems], "validation": system_info(validation), "unseen": system_info(systems["unseen"])},
+        "systems": {
+            "train": [system_info(s) for s in train_systems],
+            "validation": system_info(validation),
+            "unseen": system_info(systems["unseen"]),
+        },
         "runs": runs,
-        "summary": {name: {split: {m: v["mean"] for m, v in metrics_.items()} for split, metrics_ in splits.items()} for name, splits in table.items()},
+        "summary": {  # mean over seeds
+            name: {split: {m: v["mean"] for m, v in stats.items()} for split, stats in splits.items()}
+            for name, splits in table.items()
+        },
         "claims": claims(runs) if len(heads) == 2 else None,
         "seconds": elapsed,
     }
@@ -420,7 +485,7 @@ def run(args) -> int:
     (out / "seeds.json").write_text(json.dumps(table, indent=1))
     (out / "seeds.md").write_text(table_markdown(table, seeds))
 
-    plot_all(out, metrics, first_memories, systems, settings)
+    plot_all(out, metrics, first_memories, systems)
     print(table_markdown(table, seeds))
     print(f"trained and evaluated {len(seeds)} seed(s) x {len(heads)} model(s) in {elapsed:.0f} s; wrote {out}")
     return 0
