@@ -1,9 +1,9 @@
 """What every language model of the project shares: config (de)serialisation, input checks,
 the loss, weight-decay groups, safetensors save/load and sampling-based generation.
 
-A subclass provides ``config_class`` and four methods:
+A subclass provides ``config_class``, ``blocks``, ``_embed`` (ids -> first block's input),
+``_logits`` (last block's output -> logits), and for decoding:
 
-* ``forward(idx, targets=None)`` -> logits (B, T, V), or (logits, loss) with targets;
 * ``prefill(idx)`` -> (logits of the last position (B, V), decoding state);
 * ``step(idx_t (B, 1), state)`` -> logits (B, V), updating the state in place.
 """
@@ -119,6 +119,24 @@ class LanguageModel(nn.Module, abc.ABC):
         if targets.shape != logits.shape[:2]:
             raise ValueError(f"targets shape {tuple(targets.shape)} != inputs shape {tuple(logits.shape[:2])}")
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long(), ignore_index=IGNORE_INDEX)
+
+    # ------------------------------------------------------------------ forward
+    @abc.abstractmethod
+    def _embed(self, idx: Tensor) -> Tensor:
+        """Token ids (B, T) -> input of the first block (B, T, d)."""
+
+    @abc.abstractmethod
+    def _logits(self, x: Tensor) -> Tensor:
+        """Output of the last block (..., d) -> logits (..., V)."""
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None):
+        """idx (B, T) -> logits (B, T, V); with targets (B, T), (logits, mean cross-entropy)."""
+        self.check_tokens(idx)
+        x = self._embed(idx)
+        for block in self.blocks:
+            x = block(x)
+        logits = self._logits(x)
+        return logits if targets is None else (logits, self.loss(logits, targets))
 
     # ------------------------------------------------------------------ parameters
     def num_params(self) -> int:

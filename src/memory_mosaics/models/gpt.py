@@ -135,14 +135,6 @@ class GPTLM(LanguageModel):
     def _logits(self, x: Tensor) -> Tensor:
         return self.ln_f(x) @ self.wte.weight.T
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None):
-        self.check_tokens(idx)
-        x = self._embed(idx)
-        for block in self.blocks:
-            x = block(x)
-        logits = self._logits(x)
-        return logits if targets is None else (logits, self.loss(logits, targets))
-
     @torch.no_grad()
     def prefill(self, idx: Tensor) -> tuple[Tensor, dict]:
         self.check_tokens(idx)

@@ -176,18 +176,13 @@ class MosaicLM(LanguageModel):
         # scale the (B, T, d) features rather than the (B, T, V) logits: one vocabulary-sized tensor, not two
         return (self.ln_f(x) / math.sqrt(self.config.n_embd)) @ self.wte.weight.T
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None):
-        self.check_tokens(idx)
-        x = self.wte(idx)
-        for block in self.blocks:
-            x = block(x)
-        logits = self._logits(x)
-        return logits if targets is None else (logits, self.loss(logits, targets))
+    def _embed(self, idx: Tensor) -> Tensor:
+        return self.wte(idx)  # no positional encoding
 
     @torch.no_grad()
     def prefill(self, idx: Tensor) -> tuple[Tensor, list]:
         self.check_tokens(idx)
-        x = self.wte(idx)
+        x = self._embed(idx)
         states = []
         for block in self.blocks:
             x, state = block.prefill(x)
@@ -197,7 +192,7 @@ class MosaicLM(LanguageModel):
     @torch.no_grad()
     def step(self, idx: Tensor, state: list) -> Tensor:
         self.check_tokens(idx)
-        x = self.wte(idx)
+        x = self._embed(idx)
         for block, block_state in zip(self.blocks, state):
             x = block.step(x, block_state)
         return self._logits(x[:, -1])
