@@ -94,6 +94,30 @@ def test_step_with_true_observations_equals_teacher_forcing(n_head):
     torch.testing.assert_close(gen[:, 1:2], memory(torch.cat([x[:, :c], gen[:, :1]], 1))[:, -1:], atol=1e-5, rtol=1e-4)
 
 
+def _oracle(n_head, key_scale):
+    """Hand-set memory: key a * z_m, value z_m (one step ahead), output identity (complex weights)."""
+    memory = moons_memory(n_head).eval()
+    with torch.no_grad():
+        for layer, scale in ((memory.key.proj, key_scale), (memory.value.proj, 1.0), (memory.c_proj, 1.0)):
+            layer.re.copy_(torch.eye(3) * scale)
+            layer.im.zero_()
+    return memory
+
+
+def test_oracle_memories_show_the_papers_effect():
+    """With the data layout right, one head per moon predicts after the longest period (88.9 steps on the
+    validation system), one head for all moons only after the combined period (266.7 steps)."""
+    x, _ = spec_systems()[1].windows(4, 800, torch.Generator().manual_seed(3))
+
+    def error(memory, c):
+        return (generate(memory, x[:, :c], 25) - x[:, c : c + 25]).abs().mean().item()
+
+    three, one = _oracle(3, 4.0), _oracle(1, 2.0)
+    assert disentanglement(three) == pytest.approx(1.0)
+    assert error(three, 150) < 0.1 and error(one, 150) > 0.5
+    assert error(one, 300) < 0.1
+
+
 def test_training_is_deterministic_with_a_seed():
     settings = Settings(steps=3, batch_size=2)
     systems = spec_systems()[0]

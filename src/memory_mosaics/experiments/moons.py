@@ -8,8 +8,8 @@ the training systems, the validation system and a system with unseen periods. Wr
   losses, error-vs-context curves and disentanglement, and ``summary[model][split]`` (mean over seeds);
 - ``seeds.md`` / ``seeds.json``: mean, standard deviation, min and max over seeds of the summary;
 - figures: ``error_vs_context.png``, ``error_vs_context_train.png``, ``drift.png`` (error against
-  the generated step), and from the first seed's models ``trajectories.png``, ``attention.png``,
-  ``weights.png``.
+  the generated step), ``weights.png`` (every seed), and for the seed whose 3-head model has the
+  median validation error ``trajectories.png`` and ``attention.png`` (``--replot`` redraws them).
 
 Summary regions, per system, with P = its longest individual period and C = its combined period
 (in steps): ``before_periods`` = mean error over contexts c < P, ``between_periods`` over P <= c < C,
@@ -75,6 +75,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--observer", choices=("sun", "moon"), default="sun", help="see data/moons.py")
     parser.add_argument("--out", default="runs/moons", help="output directory")
     parser.add_argument("--quick", action="store_true", help="tiny run (10 steps, few windows) for tests")
+    parser.add_argument("--replot", action="store_true", help="only redraw the figures from OUT/metrics.json")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the attention barely scales)")
     parser.add_argument(
         "--bias-correction", action="store_true", help="torch's bias-corrected Adam instead of the reference's MLX Adam"
@@ -155,9 +156,9 @@ def system_info(s: MoonSystem) -> dict:
     }
 
 
-def run_seed(seed: int, heads: list[str], systems: dict, eval_x: Tensor, settings: Settings) -> tuple[dict, dict]:
-    """Train and evaluate each model for one seed; returns (results, trained memories)."""
-    results, memories = {}, {}
+def run_seed(seed: int, heads: list[str], systems: dict, eval_x: Tensor, settings: Settings) -> dict:
+    """Train and evaluate each model for one seed: {model: losses, curves, summary, weights, ...}."""
+    results = {}
     all_systems = systems["train"] + [systems["validation"], systems["unseen"]]
     contexts = settings.contexts
     for name in heads:
@@ -189,8 +190,28 @@ def run_seed(seed: int, heads: list[str], systems: dict, eval_x: Tensor, setting
             },
             "weights": {k: v.tolist() for k, v in memory.state_dict().items()},
         }
-        memories[name] = memory
-    return results, memories
+    return results
+
+
+def load_memories(run: dict) -> dict[str, ContextualMemory]:
+    """The trained memories of one run (one seed) of metrics.json, rebuilt from their weights."""
+    memories = {}
+    for name, result in run["models"].items():
+        memories[name] = moons_memory(MODELS[name]).eval()
+        memories[name].load_state_dict({k: torch.tensor(v) for k, v in result["weights"].items()})
+    return memories
+
+
+def median_run(runs: list[dict]) -> int:
+    """Index of the run whose last model has the median validation "between" error (figures of one seed)."""
+    name = list(runs[0]["models"])[-1]
+    errors = [run["models"][name]["summary"]["validation"]["between_periods"] or 0.0 for run in runs]
+    return sorted(range(len(runs)), key=errors.__getitem__)[len(runs) // 2]
+
+
+def make_systems(observer: str) -> dict:
+    train_systems, validation = spec_systems(observer)
+    return {"train": train_systems, "validation": validation, "unseen": MoonSystem(UNSEEN_PERIODS, observer)}
 
 
 def seed_table(runs: list[dict]) -> dict:
@@ -355,7 +376,7 @@ def plot_drift(out: Path, metrics: dict) -> None:
 
 
 @torch.no_grad()
-def plot_trajectories(out: Path, memories: dict, system: MoonSystem) -> None:
+def plot_trajectories(out: Path, memories: dict, system: MoonSystem, seed: int) -> None:
     """Re coordinate of each moon: truth, teacher-forced prediction, generation after TRAJECTORY_CONTEXT."""
     import matplotlib.pyplot as plt
 
@@ -374,14 +395,14 @@ def plot_trajectories(out: Path, memories: dict, system: MoonSystem) -> None:
             ax.set_title(f"{LABELS[name]}, moon {moon + 1} (period {system.periods[moon]:g})", fontsize=9)
     axes[0, 0].set_ylim(-Y_MAX, Y_MAX)
     axes[0, 0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(title(system, "validation") + f"; generation from context {c}", fontsize=10)
+    fig.suptitle(title(system, "validation") + f"; generation from context {c}; seed {seed}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "trajectories.png", dpi=70)
     plt.close(fig)
 
 
 @torch.no_grad()
-def plot_attention(out: Path, memories: dict, system: MoonSystem) -> None:
+def plot_attention(out: Path, memories: dict, system: MoonSystem, seed: int) -> None:
     """Retrieval weights of every head on one validation window, first combined period + 100 steps."""
     import matplotlib.pyplot as plt
 
@@ -395,40 +416,46 @@ def plot_attention(out: Path, memories: dict, system: MoonSystem) -> None:
         ax.set_title(f"{LABELS[name]}, head {h + 1}", fontsize=9)
         ax.set_xlabel("stored pair s")
     axes[0, 0].set_ylabel("query t")
-    fig.suptitle("sqrt of retrieval weights; lines: periods (grey), combined period (red)", fontsize=9)
+    fig.suptitle(f"seed {seed}: sqrt of retrieval weights; periods (grey), combined period (red)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "attention.png", dpi=70)
     plt.close(fig)
 
 
 @torch.no_grad()
-def plot_weights(out: Path, memories: dict) -> None:
-    """|w| of the 3x3 complex weights W_phi (keys), W_psi (values), W_z (output)."""
+def plot_weights(out: Path, runs: list[dict]) -> None:
+    """|w| of the 3x3 complex weights W_phi (keys), W_psi (values), W_z (output); one row per seed."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(memories), 3, figsize=(9, 2.8 * len(memories)), squeeze=False)
-    for row, (name, m) in enumerate(memories.items()):
-        layers = {"W_phi (key)": m.key.proj, "W_psi (value)": m.value.proj, "W_z (output)": m.c_proj}
-        for ax, (label, layer) in zip(axes[row], layers.items()):
-            im = ax.imshow(layer.magnitude().numpy(), cmap="viridis")
-            fig.colorbar(im, ax=ax, fraction=0.046)
-            ax.set_title(f"{LABELS[name]}: |{label}|", fontsize=9)
-            ax.set_xticks(range(3), [f"in {i + 1}" for i in range(3)], fontsize=7)
-            ax.set_yticks(range(3), [f"out {i + 1}" for i in range(3)], fontsize=7)
+    names = list(runs[0]["models"])
+    fig, axes = plt.subplots(len(runs), 3 * len(names), figsize=(2 * 3 * len(names), 2.1 * len(runs)), squeeze=False)
+    for row, run_ in enumerate(runs):
+        for col, (name, m) in enumerate(load_memories(run_).items()):
+            layers = {"W_phi": m.key.proj, "W_psi": m.value.proj, "W_z": m.c_proj}
+            for ax, (label, layer) in zip(axes[row, 3 * col :], layers.items()):
+                w = layer.magnitude()
+                ax.imshow(w.numpy(), cmap="viridis", vmin=0)
+                ax.set_title(f"seed {run_['seed']} {LABELS[name]} |{label}| max {w.max():.2f}", fontsize=7)
+                ax.set_xticks(range(3), [f"m{i + 1}" for i in range(3)], fontsize=6)
+                ax.set_yticks(range(3), [f"o{i + 1}" for i in range(3)], fontsize=6)
+    fig.suptitle("|complex weights|: columns = input moons (m), rows = outputs (o; for 3 heads, o_h = head h)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "weights.png", dpi=70)
     plt.close(fig)
 
 
-def plot_all(out: Path, metrics: dict, memories: dict, systems: dict) -> None:
+def plot_all(out: Path, metrics: dict, systems: dict) -> None:
+    """Every figure: error curves of all seeds, then one seed (the median) in detail, weights of all seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     plot_error_figures(out, metrics, systems)
     plot_drift(out, metrics)
-    plot_trajectories(out, memories, systems["validation"])
-    plot_attention(out, memories, systems["validation"])
-    plot_weights(out, memories)
+    run_ = metrics["runs"][median_run(metrics["runs"])]
+    memories = load_memories(run_)
+    plot_trajectories(out, memories, systems["validation"], run_["seed"])
+    plot_attention(out, memories, systems["validation"], run_["seed"])
+    plot_weights(out, metrics["runs"])
 
 
 def run(args) -> int:
@@ -447,21 +474,21 @@ def reproduce(args) -> int:
     settings = replace(QUICK if args.quick else FULL, bias_correction=args.bias_correction)
     heads = HEADS_ARG[args.heads]
     out = Path(args.out)
+    if args.replot:
+        metrics = json.loads((out / "metrics.json").read_text())
+        plot_all(out, metrics, make_systems(metrics["settings"]["observer"]))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
 
-    train_systems, validation = spec_systems(args.observer)
-    systems = {"train": train_systems, "validation": validation, "unseen": MoonSystem(UNSEEN_PERIODS, args.observer)}
+    systems = make_systems(args.observer)
+    train_systems, validation = systems["train"], systems["validation"]
     gen = torch.Generator().manual_seed(EVAL_SEED)
     all_systems = train_systems + [validation, systems["unseen"]]
     eval_x = torch.cat([s.windows(settings.eval_windows, WINDOW, gen)[0] for s in all_systems])  # (S * W, 800, 6)
 
     start = time.perf_counter()
     seeds = list(range(args.seed, args.seed + args.seeds))
-    runs, first_memories = [], None
-    for seed in seeds:
-        results, memories = run_seed(seed, heads, systems, eval_x, settings)
-        runs.append({"seed": seed, "models": results})
-        first_memories = first_memories or memories
+    runs = [{"seed": seed, "models": run_seed(seed, heads, systems, eval_x, settings)} for seed in seeds]
     elapsed = time.perf_counter() - start
 
     table = seed_table(runs)
@@ -485,7 +512,7 @@ def reproduce(args) -> int:
     (out / "seeds.json").write_text(json.dumps(table, indent=1))
     (out / "seeds.md").write_text(table_markdown(table, seeds))
 
-    plot_all(out, metrics, first_memories, systems)
+    plot_all(out, metrics, systems)
     print(table_markdown(table, seeds))
     print(f"trained and evaluated {len(seeds)} seed(s) x {len(heads)} model(s) in {elapsed:.0f} s; wrote {out}")
     return 0

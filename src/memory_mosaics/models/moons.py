@@ -10,7 +10,7 @@ fixed bandwidth beta = 50, pure peek gamma = 0). W_phi, W_psi, W_z are 3x3 compl
 Initialisation: real and imaginary parts N(0, INIT_STD^2) with INIT_STD = 1/6, the variance of the
 reference code (an MLX Linear, U(+-1/sqrt(6)), averaged into complex blocks: var = 1/36). The
 library default 1/sqrt(6) makes every initial score 50 k_t . k_s about six times larger (a nearly
-hard argmax) and trains markedly slower (see docs/three-moons.md).
+hard argmax); it trained slower in a short check (docs/three-moons.md).
 """
 
 from __future__ import annotations
