@@ -9,6 +9,7 @@ from memory_mosaics.ops import (
     leaky_average_chunked,
     leaky_average_reference,
     memory_readout,
+    small_head,
 )
 
 
@@ -73,8 +74,17 @@ def test_leaky_average_never_builds_a_T_by_T_tensor(monkeypatch):
     assert biggest and max(biggest) < T * T / 16
 
 
+@pytest.fixture(params=["kernel", "sdpa"])
+def retrieval_path(request, monkeypatch):
+    """Run a test through the small-head kernel (where built) and through SDPA."""
+    if request.param == "sdpa":
+        monkeypatch.setattr(small_head, "supports", lambda *args: False)
+    elif not small_head.available():
+        pytest.skip("small-head kernel not built")
+
+
 @pytest.mark.parametrize("min_lag,max_lag", [(1, None), (3, None), (1, 5), (4, 9)])
-def test_causal_retrieval_matches_reference(min_lag, max_lag):
+def test_causal_retrieval_matches_reference(min_lag, max_lag, retrieval_path):
     q = torch.randn(2, 3, 40, 8, requires_grad=True)
     k = torch.randn(2, 3, 40, 8, requires_grad=True)
     v = torch.randn(2, 3, 40, 5, requires_grad=True)
@@ -88,7 +98,7 @@ def test_causal_retrieval_matches_reference(min_lag, max_lag):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_causal_retrieval_literal_formula():
+def test_causal_retrieval_literal_formula(retrieval_path):
     """y_t = sum_{s<t} softmax_s(q_t . k_s) v_s written with loops; y_0 = 0."""
     q, k, v = torch.randn(1, 1, 6, 3), torch.randn(1, 1, 6, 3), torch.randn(1, 1, 6, 2)
     y = causal_retrieval(q, k, v)

@@ -16,7 +16,9 @@ Shapes: ``q``, ``k`` (B, H, T, Dk); ``v`` (B, H, T, Dv); returns (B, H, T, Dv).
 * :func:`causal_retrieval` uses the shift trick: queries ``q[min_lag:]`` against pairs
   ``k[:-min_lag], v[:-min_lag]`` under an ordinary causal mask, so that
   ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels) applies;
-  the first ``min_lag`` outputs are zero. A finite ``max_lag`` adds a band mask.
+  the first ``min_lag`` outputs are zero. A finite ``max_lag`` adds a band mask. On the CPU in
+  float32 with head sizes <= 8 and no dropout it calls the compiled kernel of :mod:`.small_head`
+  instead (3-8x faster there; same function).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from . import small_head
 
 
 def _check_lags(min_lag: int, max_lag: int | None) -> None:
@@ -60,8 +64,10 @@ def causal_retrieval(
     max_lag: int | None = None,
     dropout_p: float = 0.0,
 ) -> Tensor:
-    """Fast retrieval through ``scaled_dot_product_attention`` with the shift trick."""
+    """Fast retrieval: the small-head kernel where it applies, else SDPA with the shift trick."""
     _check_lags(min_lag, max_lag)
+    if dropout_p == 0.0 and small_head.supports(q, k, v):
+        return small_head.small_head_retrieval(q, k, v, min_lag, max_lag)
     B, H, T, _ = q.shape
     if T <= min_lag:
         return v.new_zeros(B, H, T, v.shape[-1])
