@@ -27,7 +27,8 @@ test-all: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	cd benchmarks && ../$(BIN)/python bench_leaky_average.py && ../$(BIN)/python bench_train_step.py \
-	  && ../$(BIN)/python bench_decode.py && ../$(BIN)/python bench_memory.py && ../$(BIN)/python bench_memory.py --grad
+	  && ../$(BIN)/python bench_decode.py && ../$(BIN)/python bench_memory.py && ../$(BIN)/python bench_memory.py --grad \
+	  && ../$(BIN)/python bench_small_head.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -162,3 +162,14 @@ def test_quick_reproduce_writes_metrics_and_figures(tmp_path):
     for png in ("error_vs_context", "error_vs_context_train", "drift", "trajectories", "attention", "weights"):
         assert (tmp_path / f"{png}.png").stat().st_size > 0
     assert (tmp_path / "seeds.md").read_text().startswith("Seeds [0]")
+
+
+def test_parallel_jobs_give_the_same_results(tmp_path):
+    """Each (seed, model) job seeds itself: 2 processes reproduce the sequential run exactly."""
+    runs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / jobs
+        assert main(["reproduce", "moons", "--quick", "--seeds", "2", "--jobs", jobs, "--out", str(out)]) == 0
+        runs[jobs] = json.loads((out / "metrics.json").read_text())["runs"]
+    assert runs["1"] == runs["2"]
+    assert runs["1"][0]["models"]["3heads"]["weights"] != runs["1"][1]["models"]["3heads"]["weights"]

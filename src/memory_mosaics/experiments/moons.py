@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -76,7 +79,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/moons", help="output directory")
     parser.add_argument("--quick", action="store_true", help="tiny run (10 steps, few windows) for tests")
     parser.add_argument("--replot", action="store_true", help="only redraw the figures from OUT/metrics.json")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the attention barely scales)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="models trained in parallel processes (default: one per CPU core)"
+    )
     parser.add_argument(
         "--bias-correction", action="store_true", help="torch's bias-corrected Adam instead of the reference's MLX Adam"
     )
@@ -87,7 +93,9 @@ def clipped_loss(y_hat: Tensor, y: Tensor, clip: float) -> Tensor:
     return (y_hat - y).clamp(-clip, clip).square().mean()
 
 
-def train(memory: ContextualMemory, systems: list[MoonSystem], settings: Settings, seed: int, desc: str) -> list[float]:
+def train(
+    memory: ContextualMemory, systems: list[MoonSystem], settings: Settings, seed: int, desc: str, progress: bool = True
+) -> list[float]:
     """AdamW (betas 0.9/0.999, no weight decay), lr linear lr[0] -> lr[1]; returns the losses.
 
     The reference code trains with MLX's AdamW, whose default has no bias correction:
@@ -102,7 +110,7 @@ def train(memory: ContextualMemory, systems: list[MoonSystem], settings: Setting
     lr0, lr1 = settings.lr
     losses = []
     memory.train()
-    for step in (bar := trange(settings.steps, desc=desc)):
+    for step in (bar := trange(settings.steps, desc=desc, disable=not progress)):
         lr = lr0 + (lr1 - lr0) * step / max(1, settings.steps - 1)
         t = step + 1  # the optimizer's step count after this update
         set_lr(opt, lr if settings.bias_correction else lr * (1 - b1**t) / math.sqrt(1 - b2**t))
@@ -118,14 +126,14 @@ def train(memory: ContextualMemory, systems: list[MoonSystem], settings: Setting
 
 
 @torch.no_grad()
-def generation_errors(memory: ContextualMemory, x: Tensor, settings: Settings) -> Tensor:
+def generation_errors(memory: ContextualMemory, x: Tensor, settings: Settings, progress: bool = True) -> Tensor:
     """|generated - truth| averaged over the 6 coordinates, per context, window and generated step.
 
     x (B, WINDOW, 6) true windows -> (len(contexts), B, gen_steps): entry [i, b, j] is the error on
     x_{c+j} after conditioning on x_0 .. x_{c-1}, c = contexts[i] (j = 0 is the one-step prediction).
     """
     rows = []
-    for c in tqdm(settings.contexts, desc="evaluate", leave=False):
+    for c in tqdm(settings.contexts, desc="evaluate", leave=False, disable=not progress):
         g = generate(memory, x[:, :c], settings.gen_steps)  # predictions of x_c .. x_{c+gen_steps-1}
         rows.append((g - x[:, c : c + settings.gen_steps]).abs().mean(dim=2))
     return torch.stack(rows)
@@ -156,41 +164,70 @@ def system_info(s: MoonSystem) -> dict:
     }
 
 
-def run_seed(seed: int, heads: list[str], systems: dict, eval_x: Tensor, settings: Settings) -> dict:
-    """Train and evaluate each model for one seed: {model: losses, curves, summary, weights, ...}."""
-    results = {}
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def run_model(
+    seed: int, name: str, systems: dict, eval_x: Tensor, settings: Settings, threads: int = 1, progress: bool = True
+) -> dict:
+    """Train and evaluate one model for one seed: losses, curves, summary, weights, ...
+
+    Self-contained (seeds its own initialisation and batches), so that jobs can run in any order
+    and in separate processes with identical results.
+    """
+    torch.set_num_threads(threads)
     all_systems = systems["train"] + [systems["validation"], systems["unseen"]]
     contexts = settings.contexts
-    for name in heads:
-        torch.manual_seed(seed)
-        memory = moons_memory(MODELS[name])
-        losses = train(memory, systems["train"], settings, seed, desc=f"{name} seed {seed}")
-        err = generation_errors(memory, eval_x, settings)  # (n_ctx, S * W, gen_steps)
-        err = err.view(len(contexts), len(all_systems), -1, settings.gen_steps).mean(dim=2)  # (n_ctx, S, gen_steps)
-        masks = [region_masks(contexts, s) for s in all_systems]
-        curves = [err[:, i].mean(dim=1) for i in range(len(all_systems))]  # per system: error vs context
-        regions = [region_means(curve, m) for curve, m in zip(curves, masks)]
-        curves = [curve.tolist() for curve in curves]
-        score = disentanglement(memory)
-        n = len(systems["train"])
-        summary = {
-            "train": {r: mean_of([reg[r] for reg in regions[:n]]) for r in REGIONS},
-            "validation": regions[n],
-            "unseen": regions[n + 1],
-        }
-        for split in SPLITS:
-            summary[split]["disentanglement"] = score
-        results[name] = {
-            "losses": losses,
-            "curves": {"train": curves[:n], "validation": curves[n], "unseen": curves[n + 1]},
-            "disentanglement": score,
-            "summary": summary,
-            "step_errors": {  # error at each generated step, averaged over the contexts of each region
-                split: region_means(err[:, i], masks[i]) for split, i in (("validation", n), ("unseen", n + 1))
-            },
-            "weights": {k: v.tolist() for k, v in memory.state_dict().items()},
-        }
-    return results
+    torch.manual_seed(seed)
+    memory = moons_memory(MODELS[name])
+    losses = train(memory, systems["train"], settings, seed, desc=f"{name} seed {seed}", progress=progress)
+    err = generation_errors(memory, eval_x, settings, progress)  # (n_ctx, S * W, gen_steps)
+    err = err.view(len(contexts), len(all_systems), -1, settings.gen_steps).mean(dim=2)  # (n_ctx, S, gen_steps)
+    masks = [region_masks(contexts, s) for s in all_systems]
+    curves = [err[:, i].mean(dim=1) for i in range(len(all_systems))]  # per system: error vs context
+    regions = [region_means(curve, m) for curve, m in zip(curves, masks)]
+    curves = [curve.tolist() for curve in curves]
+    score = disentanglement(memory)
+    n = len(systems["train"])
+    summary = {
+        "train": {r: mean_of([reg[r] for reg in regions[:n]]) for r in REGIONS},
+        "validation": regions[n],
+        "unseen": regions[n + 1],
+    }
+    for split in SPLITS:
+        summary[split]["disentanglement"] = score
+    return {
+        "losses": losses,
+        "curves": {"train": curves[:n], "validation": curves[n], "unseen": curves[n + 1]},
+        "disentanglement": score,
+        "summary": summary,
+        "step_errors": {  # error at each generated step, averaged over the contexts of each region
+            split: region_means(err[:, i], masks[i]) for split, i in (("validation", n), ("unseen", n + 1))
+        },
+        "weights": {k: v.tolist() for k, v in memory.state_dict().items()},
+    }
+
+
+def run_models(seeds: list[int], heads: list[str], systems: dict, eval_x: Tensor, settings: Settings, args) -> list[dict]:
+    """Every (seed, model) job, in ``args.jobs`` processes: [{"seed": s, "models": {name: result}}]."""
+    jobs = [(seed, name) for seed in seeds for name in heads]
+    workers = min(len(jobs), args.jobs or usable_cores())
+    if workers == 1:
+        results = {job: run_model(*job, systems, eval_x, settings, args.threads) for job in jobs}
+    else:
+        jobs.sort(key=lambda job: -MODELS[job[1]])  # the slower 3-head models first: shorter tail
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {
+                pool.submit(run_model, *job, systems, eval_x, settings, args.threads, False): job for job in jobs
+            }
+            for future in tqdm(as_completed(futures), total=len(jobs), desc=f"models ({workers} processes)"):
+                future.result()  # re-raise a failed job at once
+            results = {job: future.result() for future, job in futures.items()}
+    return [{"seed": seed, "models": {name: results[seed, name] for name in heads}} for seed in seeds]
 
 
 def load_memories(run: dict) -> dict[str, ContextualMemory]:
@@ -277,6 +314,27 @@ def table_markdown(table: dict, seeds: list[int]) -> str:
         for split, metrics in splits.items():
             cells = " | ".join(fmt(metrics[m]) for m in (*REGIONS, "disentanglement"))
             lines.append(f"| {name} | {split} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def per_seed_markdown(runs: list[dict]) -> str:
+    """Per seed, validation system: losses, "between" errors of both models, 3-head drift."""
+    lines = [
+        "Per seed, validation system (one-step / step 25: error of the first / last generated step,",
+        'averaged over the contexts of the "between" region):',
+        "",
+        "| seed | final loss 1h / 3h | between 1h | between 3h | 3h / 1h | after 1h | disentanglement 3h | one-step 3h | step 25 3h |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        one, three = run["models"]["1head"], run["models"]["3heads"]
+        a, b = one["summary"]["validation"], three["summary"]["validation"]
+        steps = three["step_errors"]["validation"]["between_periods"]
+        lines.append(
+            f"| {run['seed']} | {one['losses'][-1]:.4f} / {three['losses'][-1]:.4f} | {a['between_periods']:.3f} "
+            f"| {b['between_periods']:.3f} | {b['between_periods'] / a['between_periods']:.2f} "
+            f"| {a['after_combined']:.3f} | {three['disentanglement']:.3f} | {steps[0]:.3f} | {steps[-1]:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -461,6 +519,8 @@ def plot_all(out: Path, metrics: dict, systems: dict) -> None:
 def run(args) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -488,7 +548,7 @@ def reproduce(args) -> int:
 
     start = time.perf_counter()
     seeds = list(range(args.seed, args.seed + args.seeds))
-    runs = [{"seed": seed, "models": run_seed(seed, heads, systems, eval_x, settings)} for seed in seeds]
+    runs = run_models(seeds, heads, systems, eval_x, settings, args)
     elapsed = time.perf_counter() - start
 
     table = seed_table(runs)
@@ -510,7 +570,10 @@ def reproduce(args) -> int:
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "seeds.json").write_text(json.dumps(table, indent=1))
-    (out / "seeds.md").write_text(table_markdown(table, seeds))
+    seeds_md = table_markdown(table, seeds)
+    if len(heads) == 2:
+        seeds_md += "\n" + per_seed_markdown(runs)
+    (out / "seeds.md").write_text(seeds_md)
 
     plot_all(out, metrics, systems)
     print(table_markdown(table, seeds))
