@@ -5,8 +5,10 @@ For each seed, train the 1-head and the 3-head 54-parameter memories (:mod:`..mo
 the training systems, the validation system and a system with unseen periods. Writes to ``--out``:
 
 - ``metrics.json``: settings, systems (periods in units and steps), per seed and model the training
-  losses, error-vs-context curves and disentanglement, and ``summary[model][split]`` (mean over seeds);
-- ``seeds.md`` / ``seeds.json``: mean, standard deviation, min and max over seeds of the summary;
+  losses, error-vs-context curves and disentanglement, ``summary[model][split]`` (mean over seeds)
+  and ``summary_median`` (median over seeds);
+- ``seeds.md`` / ``seeds.json``: median, mean, standard deviation, min and max over seeds of the
+  summary, and (both models) a row per seed;
 - figures: ``error_vs_context.png``, ``error_vs_context_train.png``, ``drift.png`` (error against
   the generated step), ``weights.png`` (every seed), and for the seed whose 3-head model has the
   median validation error ``trajectories.png`` and ``attention.png`` (``--replot`` redraws them).
@@ -45,6 +47,7 @@ HEADS_ARG = {"1": ["1head"], "3": ["3heads"], "both": list(MODELS)}
 SPLITS = ("train", "validation", "unseen")
 REGIONS = ("before_periods", "between_periods", "after_combined")
 EVAL_SEED = 1234  # the evaluation windows are the same for every training seed
+DISENTANGLED = 0.95  # a 3-head model "tracks one moon per head" at this disentanglement score
 
 
 @dataclass(frozen=True)
@@ -252,7 +255,7 @@ def make_systems(observer: str) -> dict:
 
 
 def seed_table(runs: list[dict]) -> dict:
-    """summary numbers over seeds: {model: {split: {metric: {mean, std, min, max, values}}}}."""
+    """summary numbers over seeds: {model: {split: {metric: {median, mean, std, min, max, values}}}}."""
     table = {}
     for name in runs[0]["models"]:
         table[name] = {}
@@ -261,10 +264,15 @@ def seed_table(runs: list[dict]) -> dict:
             for metric in (*REGIONS, "disentanglement"):
                 values = [run["models"][name]["summary"][split][metric] for run in runs]
                 kept = torch.tensor([v for v in values if v is not None], dtype=torch.float64)
-                stats = {"mean": None, "std": None, "min": None, "max": None}
+                stats = dict.fromkeys(("median", "mean", "std", "min", "max"))
                 if len(kept):
-                    std = kept.std(unbiased=False).item()
-                    stats = {"mean": kept.mean().item(), "std": std, "min": kept.min().item(), "max": kept.max().item()}
+                    stats = {
+                        "median": kept.quantile(0.5).item(),  # robust to a seed whose generation diverges
+                        "mean": kept.mean().item(),
+                        "std": kept.std(unbiased=False).item(),
+                        "min": kept.min().item(),
+                        "max": kept.max().item(),
+                    }
                 table[name][split][metric] = {**stats, "values": values}
     return table
 
@@ -297,15 +305,20 @@ def claims(runs: list[dict]) -> dict:
     return out
 
 
+def num(x: float) -> str:
+    return f"{x:.3f}" if abs(x) < 1000 else f"{x:.2e}"
+
+
 def fmt(stats: dict) -> str:
     if stats["mean"] is None:
         return "n/a"
-    return f"{stats['mean']:.3f} ± {stats['std']:.3f} [{stats['min']:.3f}, {stats['max']:.3f}]"
+    return f"{num(stats['median'])} · {num(stats['mean'])} ± {num(stats['std'])} [{num(stats['min'])}, {num(stats['max'])}]"
 
 
 def table_markdown(table: dict, seeds: list[int]) -> str:
     lines = [
-        f"Seeds {seeds}: mean ± std [min, max] over seeds; errors are mean |generated - truth| over 25 steps.",
+        f"Seeds {seeds}: median · mean ± std [min, max] over seeds; errors are mean |generated - truth|",
+        "over 25 generated steps.",
         "",
         "| model | split | before periods | between periods | after combined | disentanglement |",
         "|---|---|---|---|---|---|",
@@ -332,9 +345,17 @@ def per_seed_markdown(runs: list[dict]) -> str:
         steps = three["step_errors"]["validation"]["between_periods"]
         lines.append(
             f"| {run['seed']} | {one['losses'][-1]:.4f} / {three['losses'][-1]:.4f} | {a['between_periods']:.3f} "
-            f"| {b['between_periods']:.3f} | {b['between_periods'] / a['between_periods']:.2f} "
-            f"| {a['after_combined']:.3f} | {three['disentanglement']:.3f} | {steps[0]:.3f} | {steps[-1]:.3f} |"
+            f"| {num(b['between_periods'])} | {num(b['between_periods'] / a['between_periods'])} "
+            f"| {a['after_combined']:.3f} | {three['disentanglement']:.3f} | {num(steps[0])} | {num(steps[-1])} |"
         )
+    validation = [(r["models"]["1head"]["summary"]["validation"], r["models"]["3heads"]["summary"]["validation"]) for r in runs]
+    below = sum(three["between_periods"] < one["between_periods"] for one, three in validation)
+    clean = sum(r["models"]["3heads"]["disentanglement"] >= DISENTANGLED for r in runs)
+    lines += [
+        "",
+        f"3 heads below 1 head between the periods: {below} of {len(runs)} seeds; "
+        f"disentanglement >= {DISENTANGLED}: {clean} of {len(runs)} seeds.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -359,17 +380,17 @@ def title(system: MoonSystem, label: str) -> str:
 
 
 def plot_errors(ax, metrics: dict, split: str, index: int | None, system: MoonSystem) -> None:
-    """Error vs context for every model: thin line per seed, thick mean over seeds."""
+    """Error vs context for every model: thin line per seed, thick median over seeds."""
     contexts = metrics["contexts"]
     for name in metrics["runs"][0]["models"]:
         curves = []
         for run_ in metrics["runs"]:
             curve = run_["models"][name]["curves"][split]
             curves.append(curve if index is None else curve[index])
-        mean = torch.tensor(curves).mean(dim=0).tolist()
+        median = torch.tensor(curves).quantile(0.5, dim=0).tolist()  # a diverging seed would swamp a mean
         for c in curves:
             ax.plot(contexts, c, color=COLORS[name], lw=0.5, alpha=0.4)
-        ax.plot(contexts, mean, color=COLORS[name], lw=2, label=LABELS[name])
+        ax.plot(contexts, median, color=COLORS[name], lw=2, label=LABELS[name])
     mark_periods(ax, system)
     ax.set_ylim(0, min(ax.get_ylim()[1], Y_MAX))
     ax.set_xlabel("context length (steps)")
@@ -411,7 +432,7 @@ def plot_error_figures(out: Path, metrics: dict, systems: dict) -> None:
 
 
 def plot_drift(out: Path, metrics: dict) -> None:
-    """Error at each generated step j (mean over seeds and over the contexts of a region)."""
+    """Error at each generated step j (median over seeds of the mean over the contexts of a region)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
@@ -421,8 +442,8 @@ def plot_drift(out: Path, metrics: dict) -> None:
             for region, style in (("between_periods", "-"), ("after_combined", "--")):
                 per_seed = [run_["models"][name]["step_errors"][split][region] for run_ in metrics["runs"]]
                 if per_seed[0] is not None:
-                    mean = torch.tensor(per_seed).mean(dim=0).tolist()
-                    ax.plot(steps, mean, style, color=COLORS[name], label=f"{LABELS[name]}, {region.replace('_', ' ')}")
+                    median = torch.tensor(per_seed).quantile(0.5, dim=0).tolist()
+                    ax.plot(steps, median, style, color=COLORS[name], label=f"{LABELS[name]}, {region.replace('_', ' ')}")
         ax.set_title(split, fontsize=10)
         ax.set_xlabel("generated step j (1 = one-step prediction)")
         ax.set_ylim(0, min(ax.get_ylim()[1], Y_MAX))
@@ -529,6 +550,17 @@ def run(args) -> int:
         torch.set_num_threads(threads)
 
 
+def write_tables(out: Path, runs: list[dict]) -> str:
+    """seeds.json (statistics over seeds) and seeds.md (them, and per-seed rows); returns seeds.md."""
+    table = seed_table(runs)
+    (out / "seeds.json").write_text(json.dumps(table, indent=1))
+    text = table_markdown(table, [run["seed"] for run in runs])
+    if set(runs[0]["models"]) == set(MODELS):
+        text += "\n" + per_seed_markdown(runs)
+    (out / "seeds.md").write_text(text)
+    return text
+
+
 def reproduce(args) -> int:
     """Train, evaluate and write everything for ``mosaics reproduce moons``."""
     settings = replace(QUICK if args.quick else FULL, bias_correction=args.bias_correction)
@@ -536,6 +568,7 @@ def reproduce(args) -> int:
     out = Path(args.out)
     if args.replot:
         metrics = json.loads((out / "metrics.json").read_text())
+        write_tables(out, metrics["runs"])
         plot_all(out, metrics, make_systems(metrics["settings"]["observer"]))
         return 0
     out.mkdir(parents=True, exist_ok=True)
@@ -565,17 +598,16 @@ def reproduce(args) -> int:
             name: {split: {m: v["mean"] for m, v in stats.items()} for split, stats in splits.items()}
             for name, splits in table.items()
         },
+        "summary_median": {  # median over seeds
+            name: {split: {m: v["median"] for m, v in stats.items()} for split, stats in splits.items()}
+            for name, splits in table.items()
+        },
         "claims": claims(runs) if len(heads) == 2 else None,
         "seconds": elapsed,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (out / "seeds.json").write_text(json.dumps(table, indent=1))
-    seeds_md = table_markdown(table, seeds)
-    if len(heads) == 2:
-        seeds_md += "\n" + per_seed_markdown(runs)
-    (out / "seeds.md").write_text(seeds_md)
-
+    seeds_md = write_tables(out, runs)
     plot_all(out, metrics, systems)
-    print(table_markdown(table, seeds))
+    print(seeds_md)
     print(f"trained and evaluated {len(seeds)} seed(s) x {len(heads)} model(s) in {elapsed:.0f} s; wrote {out}")
     return 0
