@@ -33,9 +33,11 @@ static inline vf splat(float a) { return a - (vf){}; }
 static inline vi splat_i(int a) { return a - (vi){}; }
 static inline vf select(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 
-/* exp(x) for x <= 0 (0 below -87), relative error < 3e-7: x = (i + f) ln 2, f in (-0.5, 0.5],
-   2^f by its Taylor polynomial of degree 7, 2^i written into the exponent bits. */
+/* exp(min(x, 0)) (0 below -87), relative error < 3e-7: x = (i + f) ln 2, f in (-0.5, 0.5],
+   2^f by its Taylor polynomial of degree 7, 2^i written into the exponent bits. The clamp keeps
+   the float -> int conversion in range for lanes that a caller masks out afterwards. */
 static inline vf exp_nonpos(vf x) {
+    x = select(x > 0.0f, splat(0.0f), x);
     vi tiny = x < splat(-87.0f);
     x = select(tiny, splat(-87.0f), x);
     vf y = x * 1.44269504088896341f;
@@ -121,9 +123,7 @@ void retrieval_backward_q(const float *q, const float *k, const float *v, const 
             vf sc = qv[0] * kn[s], dp = gv[0] * vn[s];
             for (int d = 1; d < D; d++) sc += qv[d] * kn[(long)d * Tp + s];
             for (int d = 1; d < Dv; d++) dp += gv[d] * vn[(long)d * Tp + s];
-            vf x = sc - ls;
-            x = select(x < 0.0f, x, splat(0.0f));
-            vf p = select((splat_i(s) >= lo) & (splat_i(s) <= hi), exp_nonpos(x), splat(0.0f));
+            vf p = select((splat_i(s) >= lo) & (splat_i(s) <= hi), exp_nonpos(sc - ls), splat(0.0f));
             vf ds = p * (dp - dl);
             for (int d = 0; d < D; d++) acc[d] += ds * kn[(long)d * Tp + s];
         }
@@ -160,9 +160,7 @@ void retrieval_backward_kv(const float *q, const float *k, const float *v, const
             vf sc = kv[0] * qn[t], dp = vv[0] * gn[t];
             for (int d = 1; d < D; d++) sc += kv[d] * qn[(long)d * Tp + t];
             for (int d = 1; d < Dv; d++) dp += vv[d] * gn[(long)d * Tp + t];
-            vf x = sc - ln[t];
-            x = select(x < 0.0f, x, splat(0.0f));
-            vf p = select((splat_i(t) >= tlo) & (splat_i(t) <= thi), exp_nonpos(x), splat(0.0f));
+            vf p = select((splat_i(t) >= tlo) & (splat_i(t) <= thi), exp_nonpos(sc - ln[t]), splat(0.0f));
             vf ds = p * (dp - dn[t]);
             for (int d = 0; d < D; d++) gk[d] += ds * qn[(long)d * Tp + t];
             for (int d = 0; d < Dv; d++) gvv[d] += p * gn[(long)d * Tp + t];
