@@ -34,6 +34,19 @@ def test_nine_spec_systems_validation_is_the_ninth():
     assert validation.combined_period_in_steps() == pytest.approx(266.67, abs=0.01)
 
 
+def test_numpy_tie_break_keeps_the_same_periods_class():
+    """The reference's np.argsort may keep other tied triples; the six untied ones never change."""
+    stable = spec_systems()
+    numpy_ = spec_systems(tie_break="numpy")
+    kept = {s.periods for s in stable[0] + [stable[1]]}, {s.periods for s in numpy_[0] + [numpy_[1]]}
+    untied = {p for p in kept[0] if combined_period(p) < LONGEST_COMBINED}
+    assert len(untied) == 6 and untied <= kept[1]
+    assert all(combined_period(p) == LONGEST_COMBINED for p in kept[1] - untied)
+    assert numpy_[1].combined_period == LONGEST_COMBINED
+    with pytest.raises(ValueError, match="tie_break"):
+        spec_systems(tie_break="random")
+
+
 def test_windows_targets_norms_and_rotation():
     system = spec_systems()[1]
     x, y = system.windows(3, 800, torch.Generator().manual_seed(0))

@@ -18,7 +18,9 @@ Systems (spec): the 35 triples of distinct periods from {0.5, 1, ..., 3.5}, sort
 period (LCM at 0.1 precision), keep the first 9; the 9th is the validation system, the first 8
 train. Five triples tie at combined period 6.0 and three of them are kept; the sort is stable on
 the lexicographic order of ``itertools.combinations``, so the validation system is (1, 1.5, 2).
-(The reference code's unstable ``np.argsort`` may pick the tied triples differently.)
+The reference code sorts with numpy's default (unstable) ``np.argsort``, whose tie order depends on
+numpy's version and the CPU; ``tie_break="numpy"`` repeats that call here (with numpy 2.4 on an
+AVX-512 x86-64 CPU it validates on (1, 2, 3) and trains on (1, 1.5, 2)).
 
 Time step (spec): ``800 / 6 / 3`` steps per unit of time, so that an 800-step window covers three
 of the longest combined period among the kept systems (6.0 units = 266.7 steps).
@@ -125,10 +127,21 @@ class MoonSystem:
         return seq[:, :-1], seq[:, 1:]
 
 
-def spec_systems(observer: str = "sun") -> tuple[list[MoonSystem], MoonSystem]:
-    """The 8 training systems and the validation system of spec 4.1."""
+TIE_BREAKS = ("stable", "numpy")
+
+
+def spec_systems(observer: str = "sun", tie_break: str = "stable") -> tuple[list[MoonSystem], MoonSystem]:
+    """The 8 training systems and the validation system of spec 4.1 (``tie_break``: see the module doc)."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
     triples = list(combinations(PERIOD_CHOICES, 3))  # 35 = C(7, 3)
-    kept = sorted(triples, key=combined_period)[:N_KEPT]  # stable: ties keep lexicographic order
+    if tie_break == "stable":
+        kept = sorted(triples, key=combined_period)[:N_KEPT]  # ties keep lexicographic order
+    else:
+        import numpy as np
+
+        order = np.argsort(np.array([combined_period(t) for t in triples]))  # the reference's call
+        kept = [triples[i] for i in order[:N_KEPT]]
     systems = [MoonSystem(t, observer) for t in kept]
     return systems[:-1], systems[-1]
 

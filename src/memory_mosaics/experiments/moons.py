@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm, trange
 
-from ..data.moons import UNSEEN_PERIODS, WINDOW, MoonSystem, sample_batch, spec_systems
+from ..data.moons import OBSERVERS, TIE_BREAKS, UNSEEN_PERIODS, WINDOW, MoonSystem, sample_batch, spec_systems
 from ..layers import ContextualMemory
 from ..models.moons import disentanglement, generate, moons_memory
 from ..training.optim import set_lr
@@ -78,7 +78,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--heads", choices=("1", "3", "both"), default="both", help="which model(s) to train")
     parser.add_argument("--seed", type=int, default=0, help="first seed")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds: seed, seed + 1, ...")
-    parser.add_argument("--observer", choices=("sun", "moon"), default="sun", help="see data/moons.py")
+    parser.add_argument("--observer", choices=OBSERVERS, default="sun", help="see data/moons.py")
+    parser.add_argument(
+        "--tie-break", choices=TIE_BREAKS, default="stable", help="which tied systems are kept (see data/moons.py)"
+    )
     parser.add_argument("--out", default="runs/moons", help="output directory")
     parser.add_argument("--quick", action="store_true", help="tiny run (10 steps, few windows) for tests")
     parser.add_argument("--replot", action="store_true", help="only redraw the figures from OUT/metrics.json")
@@ -249,8 +252,8 @@ def median_run(runs: list[dict]) -> int:
     return sorted(range(len(runs)), key=errors.__getitem__)[len(runs) // 2]
 
 
-def make_systems(observer: str) -> dict:
-    train_systems, validation = spec_systems(observer)
+def make_systems(observer: str, tie_break: str = "stable") -> dict:
+    train_systems, validation = spec_systems(observer, tie_break)
     return {"train": train_systems, "validation": validation, "unseen": MoonSystem(UNSEEN_PERIODS, observer)}
 
 
@@ -569,11 +572,12 @@ def reproduce(args) -> int:
     if args.replot:
         metrics = json.loads((out / "metrics.json").read_text())
         write_tables(out, metrics["runs"])
-        plot_all(out, metrics, make_systems(metrics["settings"]["observer"]))
+        settings_ = metrics["settings"]
+        plot_all(out, metrics, make_systems(settings_["observer"], settings_.get("tie_break", "stable")))
         return 0
     out.mkdir(parents=True, exist_ok=True)
 
-    systems = make_systems(args.observer)
+    systems = make_systems(args.observer, args.tie_break)
     train_systems, validation = systems["train"], systems["validation"]
     gen = torch.Generator().manual_seed(EVAL_SEED)
     all_systems = train_systems + [validation, systems["unseen"]]
@@ -586,7 +590,13 @@ def reproduce(args) -> int:
 
     table = seed_table(runs)
     metrics = {
-        "settings": {**asdict(settings), "observer": args.observer, "seeds": seeds, "eval_seed": EVAL_SEED},
+        "settings": {
+            **asdict(settings),
+            "observer": args.observer,
+            "tie_break": args.tie_break,
+            "seeds": seeds,
+            "eval_seed": EVAL_SEED,
+        },
         "contexts": settings.contexts,
         "systems": {
             "train": [system_info(s) for s in train_systems],
