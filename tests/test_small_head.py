@@ -41,6 +41,17 @@ def test_kernel_matches_fp64_reference(T, D, Dv, min_lag, max_lag):
 
 
 @needs_kernel
+@pytest.mark.parametrize("max_lag", [None, 300])
+def test_kernel_long_rows(max_lag):
+    """800-step rows (the three-moons window), with and without a window of 300 pairs."""
+    q, k, v = _inputs(1, 2, 800, 2, 2, scale=3.0, seed=5)
+    ref = _value_and_grads(lambda *t: causal_retrieval_reference(*t, 1, max_lag), q, k, v)
+    fast = _value_and_grads(lambda *t: small_head.small_head_retrieval(*t, 1, max_lag), q.float(), k.float(), v.float())
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a.double(), b, atol=2e-4, rtol=1e-4)
+
+
+@needs_kernel
 def test_kernel_sharp_kernel_regression():
     """Three-moons bandwidth (beta = 50 folded in the query): scores in the hundreds stay exact."""
     q, k, v = _inputs(4, 3, 300, 2, 2, scale=50.0, seed=3)
