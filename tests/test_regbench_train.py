@@ -67,7 +67,7 @@ def test_cpu_preset_models_have_equal_block_weights():
     assert gpt.num_params() - mosaic.num_params() < exp.BLOCK_SIZE * 64 + 1000
 
 
-def test_quick_end_to_end(tmp_path):
+def test_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["reproduce", "regbench", "--quick", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -81,6 +81,8 @@ def test_quick_end_to_end(tmp_path):
         assert run["best_val_loss"] == min(h["val_loss"] for h in run["history"])
         assert run["steps"] == run["epochs"] * -(-run["num_train"] // exp.BATCH_SIZE)
     assert set(results["summary"]) == {"mosaic", "gpt"}
+    assert results["settings"]["protocol"] == json.loads(json.dumps(exp.PROTOCOL))
+    assert results["settings"]["protocol"]["betas"] == [0.9, 0.999]
     assert (out / "figure9.png").stat().st_size > 1000
 
     # --resume reuses the finished runs instead of training again
@@ -88,6 +90,15 @@ def test_quick_end_to_end(tmp_path):
     again = json.loads((out / "results.json").read_text())
     assert [r["accuracy"] for r in again["runs"]] == [r["accuracy"] for r in results["runs"]]
     assert [r["train_time_s"] for r in again["runs"]] == [r["train_time_s"] for r in results["runs"]]
+
+    # ... but not runs trained under another protocol
+    again["settings"]["protocol"]["betas"] = [0.9, 0.95]
+    (out / "results.json").write_text(json.dumps(again))
+    assert main(["reproduce", "regbench", "--quick", "--out", str(out), "--no-progress", "--resume"]) == 0
+    assert "another protocol" in capsys.readouterr().out
+    third = json.loads((out / "results.json").read_text())
+    assert third["settings"]["protocol"]["betas"] == [0.9, 0.999]
+    assert [r["train_time_s"] for r in third["runs"]] != [r["train_time_s"] for r in results["runs"]]
 
 
 def test_quick_grid_selects_on_validation(tmp_path):
@@ -148,3 +159,42 @@ def test_baselines_command(tmp_path, capsys):
     assert set(report["scores"]) == {"1-gram", "2-gram", "3-gram", "oracle"}
     assert report["scores"]["oracle"]["tvd"] == 0.0
     assert json.loads(capsys.readouterr().out) == report
+
+
+def test_timm_cosine_schedule_hand_computed():
+    # timm CosineLRScheduler(t_initial=100, lr_min=1e-4, warmup_t=10, warmup_lr_init=1e-6,
+    # warmup_prefix=False), base lr 1e-3; values worked out by hand
+    lr = lambda step: exp.timm_cosine_lr(step, 1e-3, total=100, warmup=10, lr_min=1e-4, warmup_lr_init=1e-6)
+    assert lr(0) == pytest.approx(1e-6, rel=1e-12)  # the first step runs at warmup_lr_init
+    assert lr(5) == pytest.approx(5.005e-4, rel=1e-12)  # 1e-6 + 5 * 0.999e-3 / 10
+    assert lr(9) == pytest.approx(9.001e-4, rel=1e-12)  # 1e-6 + 9 * 0.999e-4: never the peak itself
+    # end of warm-up: the cosine clock started at 0, cos(pi / 10) = 0.9510565163
+    assert lr(10) == pytest.approx(1e-4 + 4.5e-4 * 1.9510565163, rel=1e-9)  # 9.7797543e-4
+    assert lr(10) / 1e-3 == pytest.approx(0.978, abs=5e-4)
+    assert lr(50) == pytest.approx(5.5e-4, rel=1e-12)  # cos(pi / 2) = 0
+    assert lr(75) == pytest.approx(1e-4 + 4.5e-4 * (1 - 0.7071067812), rel=1e-9)
+    assert lr(99) == pytest.approx(1e-4 + 4.5e-4 * (1 - 0.9995065604), rel=1e-9)
+    # t >= t_initial: one cycle only (cycle_limit 1), lr_min from then on
+    assert lr(100) == lr(101) == lr(1000) == 1e-4
+    # the harness's warm-up: ceil(epochs / 10) epochs, exactly 10% of the steps at 200 epochs
+    assert exp.warmup_steps(4, 200) == 80 and exp.warmup_steps(32, 200) == 640
+    assert exp.warmup_steps(4, 56) == 24 and exp.warmup_steps(32, 7) == 32
+
+
+@pytest.mark.parametrize("kind", ["mosaic", "gpt"])
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_harness_optimizer_decays_every_parameter(kind, preset):
+    hp = exp.PRESETS[preset]["models"][kind]
+    model = exp.build_model(kind, hp)
+    optimizer = exp.build_harness_optimizer(model, hp["lr"], hp["weight_decay"])
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == hp["weight_decay"] > 0 for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert decayed == {id(p) for p in named.values()}
+    assert all(g["betas"] == (0.9, 0.999) for g in optimizer.param_groups)
+    # the tensors a ">= 2 dims" rule would have spared are decayed too
+    norms = [n for n, p in named.items() if ".ln_" in n and p.dim() == 1]
+    vectors = [n for n, p in named.items() if n.startswith("blocks") and p.dim() == 1 and ".ln_" not in n]
+    assert norms and all(id(named[n]) in decayed for n in norms)
+    if kind == "mosaic":  # the per-head scalars (bandwidths, leaky-average and value weights)
+        assert vectors and all(named[n].numel() == hp["n_head"] for n in vectors)
+        assert all(id(named[n]) in decayed for n in vectors)

@@ -5,11 +5,15 @@ Trains :class:`MosaicLM` and :class:`GPTLM` on N random regular languages (one f
 it on the fixed test set with :mod:`memory_mosaics.eval.regbench_metrics` (accuracy of the argmax and
 total variation distance to the true next-token distribution, pooled over all non-pad positions).
 
-Protocol (spec ``docs/regbench.md`` section 3): next-token cross-entropy (separator and pad labels
-ignored); batches of 32 prompts reshuffled every epoch, padded per batch; AdamW over the reference
-decay groups, betas (0.9, 0.95); linear warm-up from 1e-6 over the first 10% of the steps then cosine
-to 0.1 x lr, set per step; gradient norm clipped at 1.0; validation loss after every epoch; the best
-one's weights are tested.
+Protocol (spec ``docs/regbench.md`` section 3, the authors' seq_icl harness): next-token
+cross-entropy (separator and pad labels ignored); batches of 32 prompts reshuffled every epoch, padded
+per batch; AdamW with betas (0.9, 0.999) over ONE parameter group, so weight decay applies to every
+parameter, LayerNorm weights and the Mosaic's per-head scalars included (:func:`build_harness_optimizer`);
+the learning rate of every step from timm's ``CosineLRScheduler`` with ``warmup_prefix=False``
+(:func:`timm_cosine_lr`: linear warm-up from 1e-6 over the first ceil(epochs / 10) epochs, i.e. 10% of
+the steps at 200 epochs, and a cosine to 0.1 x lr computed from step 0, so the lr right after warm-up
+is already ~0.98 of its peak); gradient norm clipped at 1.0; validation loss after every epoch; the
+best one's weights are tested. Every preset uses this protocol.
 
 Presets (the exact numbers are in :data:`PRESETS`):
 
@@ -20,7 +24,8 @@ Presets (the exact numbers are in :data:`PRESETS`):
   2-layer models of width 64 with the same 12 d^2 weights per block (the transformer also carries its
   learned position table), 4 Mosaic heads and no dropout on the retrieval weights (both for CPU
   speed), validation on the first 100 validation environments; lr 4e-3 (Mosaic) and 1e-3
-  (transformer), chosen by validation loss in a pilot at N = 100 (docs/regbench.md).
+  (transformer), chosen by validation loss in a pilot at N = 100 (docs/regbench.md). Optimiser,
+  schedule (by epochs: warm-up ceil(E / 10) epochs), clipping and checkpointing as in ``paper``.
 
 ``--grid`` runs a small search per model and N (first seed only) over :data:`GRIDS` (or
 ``--grid-spec``), selects the point with the best validation loss, and runs the remaining seeds
@@ -64,7 +69,7 @@ from ..eval.regbench_metrics import (
 from ..models.base import LanguageModel
 from ..models.gpt import GPTConfig, GPTLM
 from ..models.mosaic import MosaicConfig, MosaicLM
-from ..training.optim import build_optimizer, set_lr, warmup_cosine
+from ..training.optim import set_lr
 
 EXPERIMENT = "regbench"
 HELP = "RegBench in-context language learning (figure 9): accuracy and TVD against the number of training automata"
@@ -74,10 +79,10 @@ MODEL_LABELS = {"mosaic": "Memory Mosaic", "gpt": "Transformer (GPT-2)"}
 
 # Training protocol shared by every preset (spec section 3).
 BATCH_SIZE = 32
-WARMUP_FRACTION = 0.1
+WARMUP_EPOCH_DIVISOR = 10  # warm-up = ceil(epochs / 10) epochs of steps (the harness's warmup_t)
 WARMUP_START_LR = 1e-6
 MIN_LR_RATIO = 0.1
-BETAS = (0.9, 0.95)
+BETAS = (0.9, 0.999)  # torch's AdamW default, which the harness keeps
 BLOCK_SIZE = 1024  # GPT positions; the longest possible prompt has 19 * 49 + 18 = 949 tokens
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -132,6 +137,19 @@ GRIDS: dict[str, dict[str, list]] = {
 GRID_KEYS = {"lr": float, "weight_decay": float, "n_embd": int, "n_layer": int, "n_head": int,
              "pmem_size": int, "dropout": float, "attn_dropout": float, "grad_clip": float}
 
+# What results.json records of the protocol (and what --resume requires to reuse a run).
+PROTOCOL = {
+    "batch_size": BATCH_SIZE,
+    "optimizer": "torch AdamW, one parameter group: weight decay on every parameter",
+    "betas": list(BETAS),
+    "schedule": "timm CosineLRScheduler, warmup_prefix=False, per step: t_initial = all steps, "
+                "warmup_t = ceil(epochs / 10) epochs, lr_min = min_lr_ratio x lr",
+    "warmup_epoch_divisor": WARMUP_EPOCH_DIVISOR,
+    "warmup_start_lr": WARMUP_START_LR,
+    "min_lr_ratio": MIN_LR_RATIO,
+    "gpt_block_size": BLOCK_SIZE,
+}
+
 # Published numbers (spec section 4, read off the Memory Mosaics figure 9).
 PUBLISHED = {
     "mosaic": {
@@ -161,6 +179,43 @@ def build_model(kind: str, hp: dict[str, Any]) -> LanguageModel:
             n_head=hp["n_head"], n_embd=hp["n_embd"], dropout=hp["dropout"], bias=False,
         ))
     raise ValueError(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
+
+
+# ----------------------------------------------------------------------------------- optimiser
+
+
+def build_harness_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW as the seq_icl harness builds it: one parameter group holding every parameter, so weight
+    decay applies to all of them (LayerNorm weights and per-head scalars too); betas :data:`BETAS`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": params, "weight_decay": weight_decay}], lr=lr, betas=BETAS)
+
+
+def warmup_steps(steps_per_epoch: int, epochs: int) -> int:
+    """The harness's ``warmup_t``: ceil(epochs / 10) epochs of steps (10% of the steps at 200 epochs)."""
+    return steps_per_epoch * -(-epochs // WARMUP_EPOCH_DIVISOR)
+
+
+def timm_cosine_lr(step: int, base_lr: float, total: int, warmup: int, lr_min: float,
+                   warmup_lr_init: float = WARMUP_START_LR) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) under timm's ``CosineLRScheduler(t_initial=total,
+    lr_min=lr_min, warmup_t=warmup, warmup_lr_init=warmup_lr_init, warmup_prefix=False)`` with one cycle
+    (cycle_mul = cycle_decay = cycle_limit = k_decay = 1), stepped per update as the harness does
+    (step 0 runs at ``warmup_lr_init``).
+
+    * ``step < warmup``: linear, ``warmup_lr_init + step * (base_lr - warmup_lr_init) / warmup``;
+      it never reaches ``base_lr`` itself.
+    * ``warmup <= step < total``: ``lr_min + (base_lr - lr_min) (1 + cos(pi step / total)) / 2``. The
+      cosine's clock starts at step 0, not at the end of the warm-up (``warmup_prefix=False``), so at
+      ``step = warmup = total / 10`` the rate is already ``lr_min + 0.976 (base_lr - lr_min)``.
+    * ``step >= total``: the cycle count ``step // total`` reaches the cycle limit 1, and the rate is
+      ``lr_min`` from then on.
+    """
+    if step < warmup:
+        return warmup_lr_init + step * (base_lr - warmup_lr_init) / warmup
+    if step >= total:
+        return lr_min
+    return lr_min + 0.5 * (base_lr - lr_min) * (1.0 + math.cos(math.pi * step / total))
 
 
 # ----------------------------------------------------------------------------------- data
@@ -257,10 +312,10 @@ def train_one(kind: str, hp: dict[str, Any], train: Sequence[Environment], val: 
     """Train one model with the RegBench protocol; return its record (test metrics of the best-val weights)."""
     torch.manual_seed(seed)
     model = build_model(kind, hp).to(device)
-    optimizer = build_optimizer(model, hp["lr"], hp["weight_decay"], BETAS)
+    optimizer = build_harness_optimizer(model, hp["lr"], hp["weight_decay"])
     steps_per_epoch = math.ceil(len(train) / BATCH_SIZE)
     total = epochs * steps_per_epoch
-    warmup = max(1, round(WARMUP_FRACTION * total))
+    warmup = warmup_steps(steps_per_epoch, epochs)
     shuffle = torch.Generator().manual_seed(seed)
     best = {"val_loss": math.inf, "epoch": -1, "state": None}
     history = []
@@ -273,7 +328,7 @@ def train_one(kind: str, hp: dict[str, Any], train: Sequence[Environment], val: 
             order = torch.randperm(len(train), generator=shuffle).tolist()
             epoch_loss, epoch_batches = 0.0, 0
             for _, inputs, labels in batches(train, BATCH_SIZE, order):
-                lr = warmup_cosine(step, hp["lr"], MIN_LR_RATIO * hp["lr"], warmup, total, WARMUP_START_LR)
+                lr = timm_cosine_lr(step, hp["lr"], total, warmup, MIN_LR_RATIO * hp["lr"])
                 set_lr(optimizer, lr)
                 _, loss = model(inputs.to(device), labels.to(device))
                 optimizer.zero_grad(set_to_none=True)
@@ -429,7 +484,7 @@ def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
-                        help="cpu: N<=1000, 256 steps per run, width-64 models; paper: the paper's protocol (GPU)")
+                        help="cpu: N<=1000, 224 steps per run, width-64 models; paper: the paper's protocol (GPU)")
     parser.add_argument("--quick", action="store_true", help="tiny models and data, a few steps (tests)")
     parser.add_argument("--num-train", help="comma-separated numbers of training automata (default: the preset's)")
     parser.add_argument("--seeds", help="comma-separated training seeds (model init and batch order)")
@@ -490,9 +545,7 @@ def resolve(args) -> dict[str, Any]:
         "num_val": num_val,
         "hparams": {kind: preset["models"][kind] for kind in models},
         "grid": grid,
-        "protocol": {"batch_size": BATCH_SIZE, "warmup_fraction": WARMUP_FRACTION, "warmup_start_lr": WARMUP_START_LR,
-                     "min_lr_ratio": MIN_LR_RATIO, "betas": list(BETAS), "gpt_block_size": BLOCK_SIZE,
-                     "optimizer": "AdamW, decay on >=2-dim tensors"},
+        "protocol": PROTOCOL,
     }
 
 
@@ -512,7 +565,11 @@ def run(args) -> int:
 
     previous: list[dict] = []
     if args.resume and results_path.is_file():
-        previous = json.loads(results_path.read_text()).get("runs", [])
+        old = json.loads(results_path.read_text())
+        if old.get("settings", {}).get("protocol") == PROTOCOL:
+            previous = old.get("runs", [])
+        else:
+            print(f"--resume: {results_path} was trained under another protocol; training again", flush=True)
 
     num_test, num_val = settings["num_test"], settings["num_val"]
     tic = time.perf_counter()
