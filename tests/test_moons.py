@@ -16,9 +16,11 @@ from memory_mosaics.data.moons import (
     sample_batch,
     spec_systems,
 )
-from memory_mosaics.experiments.moons import Settings, train
+from memory_mosaics.experiments.moons import Settings, clipped_loss, train
 from memory_mosaics.layers import ContextualMemory
 from memory_mosaics.models.moons import disentanglement, generate, moons_memory
+from memory_mosaics.training.mlx_adam import MLXAdam, mlx_param_groups
+from memory_mosaics.training.optim import set_lr
 
 
 def test_nine_spec_systems_validation_is_the_ninth():
@@ -144,6 +146,83 @@ def test_training_is_deterministic_with_a_seed():
     assert l1 == l2 and l1 != l3
     for k in s1:
         assert torch.equal(s1[k], s2[k])
+
+
+def _reference_complexify(raw):
+    """The reference's complexify, transcribed step by step: 2x2 blocks [[p, q], [r, s]] of the raw
+    weight become [[a, -b], [b, a]], a = (p + s) / 2, b = (r - q) / 2."""
+    w = raw * 0.5
+    w[0::2, 0::2] += w[1::2, 1::2]
+    w[0::2, 1::2] -= w[1::2, 0::2]
+    w[1::2, 0::2] = -w[0::2, 1::2]
+    w[1::2, 1::2] = w[0::2, 0::2]
+    return w
+
+
+def _mlx_adamw_step(raw, grads, state, lr, betas, eps, weight_decay):
+    """mlx.optimizers.AdamW.apply_single with bias_correction=False (MLX's default), on raw weights."""
+    b1, b2 = betas
+    for name, g in grads.items():
+        w = raw[name] * (1 - lr * weight_decay)
+        m = b1 * state[name][0] + (1 - b1) * g
+        v = b2 * state[name][1] + (1 - b2) * g.square()
+        state[name] = (m, v)
+        raw[name] = (w - lr * m / (v.sqrt() + eps)).detach().requires_grad_()
+
+
+LAYERS = ("key.proj", "value.proj", "c_proj")
+
+
+@pytest.mark.parametrize("n_head, weight_decay", [(1, 0.0), (3, 0.0), (3, 0.3)])
+def test_mlx_adam_is_mlx_adamw_on_the_reference_raw_weights(n_head, weight_decay):
+    """MLXAdam on (re, im) = MLX's AdamW on the reference's raw 6x6 weights, over 5 steps (float64)."""
+    torch.manual_seed(0)
+    memory = moons_memory(n_head).double()
+    betas, eps, lrs = (0.9, 0.999), 1e-8, [1e-2 - k * 2e-3 for k in range(5)]
+    opt = MLXAdam(mlx_param_groups(memory), lr=lrs[0], betas=betas, eps=eps, weight_decay=weight_decay)
+    naive = moons_memory(n_head).double()  # no halving of the gradients: eps 1e-8 per complex parameter
+    naive.load_state_dict(memory.state_dict())
+    naive_opt = MLXAdam(naive.parameters(), lr=lrs[0], betas=betas, eps=eps, weight_decay=weight_decay)
+    # the reference's raw weights start in complex form (its ComplexLinear complexifies its init)
+    raw = {n: memory.get_submodule(n).weight.detach().clone().requires_grad_() for n in LAYERS}
+    state = {n: (torch.zeros(6, 6, dtype=torch.float64), torch.zeros(6, 6, dtype=torch.float64)) for n in LAYERS}
+    gen = torch.Generator().manual_seed(1)
+    for lr in lrs:
+        x, y = sample_batch(spec_systems()[0], 3, 60, gen)
+        x, y = x.double() + 0.1 * torch.randn(x.shape, generator=gen, dtype=torch.float64), y.double()
+        for m, o in ((memory, opt), (naive, naive_opt)):
+            set_lr(o, lr)
+            o.zero_grad()
+            clipped_loss(m(x), y, 0.5).backward()
+            o.step()
+        # reference: the loss through complexify(raw), MLX's rule on the raw gradients
+        eff = {n: _reference_complexify(raw[n]) for n in LAYERS}
+        params = {f"{n}.{part}": eff[n][i::2, 0::2] for n in LAYERS for part, i in (("re", 0), ("im", 1))}
+        loss = clipped_loss(torch.func.functional_call(memory, params, (x,)), y, 0.5)
+        grads = dict(zip(LAYERS, torch.autograd.grad(loss, [raw[n] for n in LAYERS])))
+        _mlx_adamw_step(raw, grads, state, lr, betas, eps, weight_decay)
+        for n in LAYERS:
+            torch.testing.assert_close(_reference_complexify(raw[n]), raw[n], atol=1e-15, rtol=0)  # stays complex
+            torch.testing.assert_close(memory.get_submodule(n).weight, raw[n].detach(), atol=1e-12, rtol=0)
+    # the eps is seen: without the halving (eps 1e-8 per complex parameter) the weights differ
+    gap = max((naive.get_submodule(n).weight - raw[n]).abs().max().item() for n in LAYERS)
+    assert gap > 1e-10
+
+
+def test_mlx_adam_groups_and_state_are_the_raw_weights():
+    """Complex parameters get raw_scale 1/2: Adam state m/2, v/4 of the moments of the gradient."""
+    memory = moons_memory(3).double()
+    groups = mlx_param_groups(memory)
+    assert len(groups) == 1 and groups[0]["raw_scale"] == 0.5 and len(groups[0]["params"]) == 6
+    opt, plain = MLXAdam(groups, lr=0.0), MLXAdam([torch.nn.Parameter(torch.zeros(3, 3, dtype=torch.float64))], lr=0.0)
+    g = torch.randn(3, 3, dtype=torch.float64)
+    p, q = groups[0]["params"][0], plain.param_groups[0]["params"][0]
+    for _ in range(3):
+        p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        plain.step()
+    assert torch.equal(opt.state[p]["m"] * 2, plain.state[q]["m"])
+    assert torch.equal(opt.state[p]["v"] * 4, plain.state[q]["v"])
 
 
 def test_disentanglement_score():

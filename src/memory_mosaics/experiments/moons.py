@@ -22,7 +22,6 @@ contexts (four training systems have C = P, so no "between" region).
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 import os
 import time
@@ -37,6 +36,7 @@ from tqdm import tqdm, trange
 from ..data.moons import OBSERVERS, TIE_BREAKS, UNSEEN_PERIODS, WINDOW, MoonSystem, sample_batch, spec_systems
 from ..layers import ContextualMemory
 from ..models.moons import disentanglement, generate, moons_memory
+from ..training.mlx_adam import MLXAdam, mlx_param_groups
 from ..training.optim import set_lr
 
 EXPERIMENT = "moons"
@@ -58,7 +58,8 @@ class Settings:
     batch_size: int = 64
     lr: tuple[float, float] = (1e-2, 5e-6)  # linear from first to last step
     betas: tuple[float, float] = (0.9, 0.999)
-    bias_correction: bool = False  # False: Adam as in MLX, which the reference code used (see train)
+    eps: float = 1e-8  # per raw weight of the reference (MLX's default); 2e-8 per complex parameter
+    bias_correction: bool = False  # False: MLX's Adam on the reference's raw weights (see train)
     clip: float = 0.5
     eval_windows: int = 32  # per system
     context_step: int = 10
@@ -90,7 +91,9 @@ def add_arguments(parser) -> None:
         "--jobs", type=int, default=None, help="models trained in parallel processes (default: one per CPU core)"
     )
     parser.add_argument(
-        "--bias-correction", action="store_true", help="torch's bias-corrected Adam instead of the reference's MLX Adam"
+        "--bias-correction",
+        action="store_true",
+        help="torch's bias-corrected AdamW instead of the reference's MLX Adam (training/mlx_adam.py)",
     )
 
 
@@ -102,24 +105,23 @@ def clipped_loss(y_hat: Tensor, y: Tensor, clip: float) -> Tensor:
 def train(
     memory: ContextualMemory, systems: list[MoonSystem], settings: Settings, seed: int, desc: str, progress: bool = True
 ) -> list[float]:
-    """AdamW (betas 0.9/0.999, no weight decay), lr linear lr[0] -> lr[1]; returns the losses.
+    """Adam (betas 0.9/0.999, no weight decay), lr linear lr[0] -> lr[1]; returns the losses.
 
-    The reference code trains with MLX's AdamW, whose default has no bias correction:
-    ``w -= lr * m_t / (sqrt(v_t) + eps)``. torch's AdamW divides m_t by (1 - b1^t) and v_t by
-    (1 - b2^t); scaling its lr by (1 - b1^t) / sqrt(1 - b2^t) undoes both (eps aside). That makes
-    steps 1.6x (t = 500) to 6.5x (t = 10) larger than bias-corrected Adam; ``bias_correction=True``
-    keeps torch's standard update.
+    Default: the reference code's update, MLX's AdamW with weight decay 0 (no bias correction) on
+    its raw 6x6 weights, expressed on the complex parameters (:class:`MLXAdam`:
+    ``w -= lr * m_t / (sqrt(v_t) + 2 eps)`` with m_t, v_t the moments of this project's gradients).
+    ``bias_correction=True``: torch's standard AdamW (eps ``settings.eps``).
     """
     gen = torch.Generator().manual_seed(seed)
-    b1, b2 = settings.betas
-    opt = torch.optim.AdamW(memory.parameters(), lr=settings.lr[0], betas=settings.betas, weight_decay=0.0)
     lr0, lr1 = settings.lr
+    if settings.bias_correction:
+        opt = torch.optim.AdamW(memory.parameters(), lr=lr0, betas=settings.betas, eps=settings.eps, weight_decay=0.0)
+    else:
+        opt = MLXAdam(mlx_param_groups(memory), lr=lr0, betas=settings.betas, eps=settings.eps)
     losses = []
     memory.train()
     for step in (bar := trange(settings.steps, desc=desc, disable=not progress)):
-        lr = lr0 + (lr1 - lr0) * step / max(1, settings.steps - 1)
-        t = step + 1  # the optimizer's step count after this update
-        set_lr(opt, lr if settings.bias_correction else lr * (1 - b1**t) / math.sqrt(1 - b2**t))
+        set_lr(opt, lr0 + (lr1 - lr0) * step / max(1, settings.steps - 1))
         x, y = sample_batch(systems, settings.batch_size, WINDOW, gen)  # (B, 800, 6)
         loss = clipped_loss(memory(x), y, settings.clip)
         opt.zero_grad(set_to_none=True)
