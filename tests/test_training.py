@@ -306,3 +306,25 @@ def test_generate_streams_text(mosaic_run, monkeypatch):
     assert cli.main(["generate", "--checkpoint", str(out / "last"), "--max-new-tokens", "5", "--temperature", "0",
                      "--no-echo"]) == 0
     assert not "".join(rec.chunks).startswith("Tom went to")
+
+
+def test_reference_warmup_starts_at_zero():
+    """The authors' get_cosine_lr: lr * it / warmup during warm-up, cosine from the end of warm-up."""
+    from memory_mosaics.training.optim import warmup_cosine
+
+    lr = lambda step, **kw: warmup_cosine(step, 5e-3, 1e-4, 2000, 80000, **kw)  # noqa: E731
+    assert lr(0, from_zero=True) == 0.0 and lr(1000, from_zero=True) == pytest.approx(2.5e-3)
+    assert lr(0) == pytest.approx(5e-3 / 2000)  # the shifted form reaches lr one step earlier
+    assert lr(2000, from_zero=True) == lr(2000) == pytest.approx(5e-3)
+    mid = 2000 + (80000 - 2000) // 2
+    assert lr(mid, from_zero=True) == pytest.approx(1e-4 + 0.5 * (5e-3 - 1e-4))
+    assert lr(80000, from_zero=True) == lr(90000) == pytest.approx(1e-4)
+
+
+def test_train_config_maps_dropout_like_the_reference():
+    cfg = TrainConfig(train="x", dropout=0.05)
+    mosaic = cfg.model_config(4096)
+    assert (mosaic.dropout, mosaic.attn_dropout, mosaic.pmem_attn_dropout) == (0.05, 0.0, 0.05)
+    assert cfg.warmup_from_zero
+    gpt = TrainConfig(train="x", model="gpt", dropout=0.1).model_config(4096)
+    assert gpt.dropout == 0.1

@@ -6,9 +6,19 @@
         x = x + Dropout(c_proj'(concat_h PMem_h(LN_2(x))))  # persistent memory
     logits = LN_f(x) @ Embedding^T / sqrt(d)                # tied weights
 
-Linear and LayerNorm have no bias. Init: Linear N(0, 1/fan_in), c_proj N(0, 1/(fan_in n_layer)),
-embedding N(0, 1). With ``pmem_size = 3.5 d`` a block has exactly 12 d^2 weights, as a bias-free
-GPT-2 block, plus 7 scalars per head.
+Linear and LayerNorm have no bias. Reference initialisation (the authors' ``StackAssoMem``): Linear
+N(0, 1/fan_in), c_proj N(0, 1/(fan_in n_layer)), and the tied embedding / output matrix N(0, 1/d):
+the reference ties ``emb.weight = head.weight`` before ``apply(_init_weights)``, which draws the
+shared tensor first as an Embedding (N(0, 1)) and then again as the head Linear (fan_in = d). A
+fresh model's loss on random tokens is therefore ln V. ``embedding_init="unit"`` keeps the N(0, 1)
+draw (a naive reading of ``_init_weights``; an option, not the reference). With
+``pmem_size = 3.5 d`` a block has exactly 12 d^2 weights, as a bias-free GPT-2 block, plus 7
+scalars per head.
+
+Dropout: ``dropout`` on each memory's output (residual), ``attn_dropout`` on the contextual
+memory's retrieval weights and ``pmem_attn_dropout`` (default: ``attn_dropout``) on the persistent
+memory's. The authors' language runs use the "eft" model, whose contextual memory applies no
+retrieval dropout while its P-mem does: ``attn_dropout=0, pmem_attn_dropout=0.05``.
 
 v2 switches (spec section 5): ``key_extractor="gated"``, ``bandwidth="adaptive"``,
 ``short_term_window=h`` (a short-term memory over lags 1..h-1 and a long-term memory over lags
@@ -33,6 +43,7 @@ from .base import LanguageModel, ModelConfig
 KEY_EXTRACTORS = ("leaky", "gated")
 BANDWIDTHS = ("learned", "adaptive")
 PERSISTENT = ("bank", "swiglu")
+EMBEDDING_INITS = ("reference", "unit")
 
 
 @dataclass
@@ -47,7 +58,9 @@ class MosaicConfig(ModelConfig):
     n_embd: int = 768
     pmem_size: int | None = None  # (key, value) pairs per head of each P-mem; None -> 3.5 * n_embd
     dropout: float = 0.05  # on each memory's output (residual dropout)
-    attn_dropout: float = 0.05  # on retrieval weights
+    attn_dropout: float = 0.05  # on the contextual memory's retrieval weights
+    pmem_attn_dropout: float | None = None  # on the persistent memory's retrieval weights; None -> attn_dropout
+    embedding_init: str = "reference"  # "reference": tied matrix N(0, 1/d) as the authors' | "unit": N(0, 1)
     key_extractor: str = "leaky"  # "leaky" (v1) | "gated" (v2)
     bandwidth: str = "learned"  # C-mem bandwidth: "learned" (v1) | "adaptive" (v2)
     short_term_window: int | None = None  # v2: h; None = one contextual memory over all past pairs (v1)
@@ -59,7 +72,11 @@ class MosaicConfig(ModelConfig):
         if self.pmem_size is None:
             self.pmem_size = int(round(3.5 * self.n_embd))
         self._check_positive("vocab_size", "n_layer", "n_head", "n_embd", "pmem_size")
-        self._check_probability("dropout", "attn_dropout")
+        if self.pmem_attn_dropout is None:
+            self.pmem_attn_dropout = self.attn_dropout
+        self._check_probability("dropout", "attn_dropout", "pmem_attn_dropout")
+        if self.embedding_init not in EMBEDDING_INITS:
+            raise ValueError(f"embedding_init must be one of {EMBEDDING_INITS}, got {self.embedding_init!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.key_extractor not in KEY_EXTRACTORS:
@@ -119,7 +136,7 @@ def _persistent_part(config: MosaicConfig) -> nn.Module:
         head_dim=d // H,
         size=config.pmem_size,
         proj=_linear(d, d),
-        attn_dropout=config.attn_dropout,
+        attn_dropout=config.pmem_attn_dropout,
         resid_dropout=config.dropout,
     )
 
@@ -164,8 +181,11 @@ class MosaicLM(LanguageModel):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Reference initialisation: N(0, 1/fan_in) linears, N(0, 1/(fan_in n_layer)) c_proj, N(0, 1) embedding."""
-        nn.init.normal_(self.wte.weight, std=1.0)
+        """Reference initialisation (module docstring): N(0, 1/fan_in) linears, N(0, 1/(fan_in n_layer))
+        c_proj, tied embedding N(0, 1/d) (N(0, 1) with ``embedding_init="unit"``). The per-head
+        scalars and P-mem banks keep the values their layers are constructed with."""
+        unit = self.config.embedding_init == "unit"
+        nn.init.normal_(self.wte.weight, std=1.0 if unit else 1.0 / math.sqrt(self.config.n_embd))
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 fan_in = module.weight.shape[1]

@@ -45,7 +45,7 @@ class TrainConfig:
     n_head: int = 4
     n_embd: int = 128
     context: int = 256  # training crop length (GPT's block_size)
-    dropout: float = 0.05  # residual and attention dropout
+    dropout: float = 0.05  # residual dropout; retrieval/attention dropout as the reference (model_config)
     vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (50257 -> 50304)
     model_args: dict = field(default_factory=dict)  # extra MosaicConfig / GPTConfig fields
     # optimisation
@@ -55,6 +55,7 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr: float = 1e-4
     warmup: int = 100
+    warmup_from_zero: bool = True  # the reference warm-up lr * step / warmup (0 at step 0); False: (step + 1)
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.95)
     grad_clip: float = 1.0  # 0 disables clipping
@@ -130,12 +131,17 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ derived values
     def model_config(self, vocab_size: int) -> ModelConfig:
-        """The model config for a tokenizer of ``vocab_size`` ids (padded to ``vocab_multiple``)."""
+        """The model config for a tokenizer of ``vocab_size`` ids (padded to ``vocab_multiple``).
+
+        ``dropout`` goes where the authors' language runs put it: for the Mosaic (their "eft" model)
+        on each memory's output and on the P-mem's retrieval weights, none on the C-mem's; for GPT-2
+        (nanoGPT) on the residual branches and the attention weights. ``model_args`` overrides."""
         padded = -(-vocab_size // self.vocab_multiple) * self.vocab_multiple
         common = {"vocab_size": padded, "n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
                   "dropout": self.dropout}
         if self.model == "mosaic":
-            return MosaicConfig.from_dict({**common, "attn_dropout": self.dropout, **self.model_args})
+            eft = {"attn_dropout": 0.0, "pmem_attn_dropout": self.dropout}
+            return MosaicConfig.from_dict({**common, **eft, **self.model_args})
         return GPTConfig.from_dict({**common, "block_size": self.context, **self.model_args})
 
 

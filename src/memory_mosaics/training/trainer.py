@@ -229,7 +229,7 @@ class Trainer:
     def train_step(self) -> tuple[float, float | None]:
         """One optimiser step; returns (global mean loss, gradient norm before clipping or None without clipping)."""
         cfg = self.cfg
-        lr = warmup_cosine(self.step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.max_steps)
+        lr = warmup_cosine(self.step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.max_steps, from_zero=cfg.warmup_from_zero)
         set_lr(self.optimizer, lr)
         t0 = time.perf_counter()
         x, y = self.next_batch()
