@@ -198,3 +198,12 @@ def test_harness_optimizer_decays_every_parameter(kind, preset):
     if kind == "mosaic":  # the per-head scalars (bandwidths, leaky-average and value weights)
         assert vectors and all(named[n].numel() == hp["n_head"] for n in vectors)
         assert all(id(named[n]) in decayed for n in vectors)
+
+
+@pytest.mark.parametrize("preset,retrieval", [("paper", 0.05), ("cpu", 0.0)])
+def test_mosaic_retrieval_dropout_in_both_memories(preset, retrieval):
+    # the harness's regular model: ic_dropout 0.05 on both memories' retrieval weights (paper);
+    # the CPU preset drops it in both, for speed (docs/regbench.md)
+    model = exp.build_model("mosaic", exp.PRESETS[preset]["models"]["mosaic"])
+    assert all(block.cmem.attn_dropout == block.pmem.attn_dropout == retrieval for block in model.blocks)
+    assert model.config.dropout == 0.05

@@ -135,7 +135,8 @@ GRIDS: dict[str, dict[str, list]] = {
     "quick": {"lr": [1e-3, 2e-3]},
 }
 GRID_KEYS = {"lr": float, "weight_decay": float, "n_embd": int, "n_layer": int, "n_head": int,
-             "pmem_size": int, "dropout": float, "attn_dropout": float, "grad_clip": float}
+             "pmem_size": int, "dropout": float, "attn_dropout": float, "pmem_attn_dropout": float,
+             "grad_clip": float}
 
 # What results.json records of the protocol (and what --resume requires to reuse a run).
 PROTOCOL = {
@@ -169,9 +170,12 @@ PUBLISHED = {
 def build_model(kind: str, hp: dict[str, Any]) -> LanguageModel:
     """A MosaicLM or GPTLM over the 20 RegBench tokens from the hyper-parameters ``hp``."""
     if kind == "mosaic":
+        # the harness's regular (non-"eft") model: the same retrieval dropout in both memories
+        attn_dropout = hp.get("attn_dropout", hp["dropout"])
         return MosaicLM(MosaicConfig(
             vocab_size=VOCAB_SIZE, n_layer=hp["n_layer"], n_head=hp["n_head"], n_embd=hp["n_embd"],
-            pmem_size=hp.get("pmem_size"), dropout=hp["dropout"], attn_dropout=hp.get("attn_dropout", hp["dropout"]),
+            pmem_size=hp.get("pmem_size"), dropout=hp["dropout"], attn_dropout=attn_dropout,
+            pmem_attn_dropout=hp.get("pmem_attn_dropout", attn_dropout),
         ))
     if kind == "gpt":
         return GPTLM(GPTConfig(
