@@ -32,3 +32,21 @@ def test_language_quick(tmp_path, monkeypatch):
 def test_missing_config_is_a_clean_error(tmp_path, capsys):
     assert main(["reproduce", "language", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path)]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared data folder (TinyStories, Wikipedia)")
+def test_learning_rate_sweep_and_long_context(tmp_path, monkeypatch):
+    """Each model's full run takes the swept rate with the lowest validation loss; a diverging sweep
+    run is recorded as failed without stopping the others; the Mosaic is also scored at 2x context."""
+    monkeypatch.setenv("MOSAICS_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    argv = ["reproduce", "language", "--quick", "--config", str(REPO / "configs/cpu-d128.toml"), "--out", str(out),
+            "--models", "mosaic", "--lrs", "1e-3", "1e12", "--long-context", "2", "--jobs", "2"]
+    assert main(argv) == 0
+    sweep = json.loads((out / "sweep.json").read_text())["mosaic-1"]
+    assert sweep["lr"] == 1e-3 and sweep["failed_lrs"] == [1e12] and list(sweep["valid_loss_by_lr"]) == ["0.001"]
+    results = json.loads((out / "results.json").read_text())
+    entry = results["runs"]["mosaic-1"]
+    assert entry["lr"] == 1e-3 and entry["finished"]
+    assert len(entry["ood_long"]["loss_by_position"]) == 2 * results["context"]
+    assert entry["curves"]["diagnostics"] and "layer0/cmem_beta" in entry["curves"]["diagnostics"][-1]

@@ -188,3 +188,19 @@ def test_v2_long_term_skip_is_drawn_in_training_and_fixed_in_eval():
         model(idx)
         seen.add(model.blocks[0].cmem.long.min_lag)
     assert len(seen) > 1 and min(seen) >= 4 and max(seen) <= 12
+
+
+def test_diagnostics_report_the_reference_scalars_at_init():
+    import math
+
+    model = mosaic()
+    d = model.diagnostics(torch.randint(0, V, (2, 40)))
+    lam = torch.exp(-torch.linspace(0.5, 5.0, 4)).mean().item()
+    for i in range(2):
+        assert d[f"layer{i}/cmem_beta"] == pytest.approx(math.exp(2)) == d[f"layer{i}/pmem_beta"]
+        assert d[f"layer{i}/cmem_lambda"] == pytest.approx(lam) == d[f"layer{i}/pmem_lambda"]
+        assert 0 < d[f"layer{i}/cmem_entropy"] < 1 and 0 < d[f"layer{i}/pmem_entropy"] < 1
+    w = model.blocks[0].pmem.retrieval_weights(torch.randn(2, 5, 32))
+    assert w.shape == (2, 4, 5, model.config.pmem_size)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 5))
+    assert gpt().diagnostics(torch.zeros(1, 4, dtype=torch.long)) == {}

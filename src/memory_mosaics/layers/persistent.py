@@ -54,6 +54,13 @@ class PersistentMemory(nn.Module):
         """x (B, T, d_in) -> (B, T, d_out)."""
         return self._forward(x, None)[0]
 
+    def retrieval_weights(self, x: Tensor) -> Tensor:
+        """softmax_i(q_t . kappa_i) for inspection: x (B, T, d_in) -> (B, H, T, N)."""
+        kbar, _ = self.key(x, None)
+        n = torch.full((x.shape[1],), self.kappa.shape[2], device=x.device)
+        q = kbar * (inverse_norm(kbar) * self.bandwidth(n).to(kbar.dtype)[None, :, :, None])
+        return torch.softmax(q @ self.kappa.transpose(-1, -2), dim=-1)
+
     @torch.no_grad()
     def prefill(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Output and the key extractor's state after x."""

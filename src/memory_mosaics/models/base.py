@@ -151,6 +151,12 @@ class LanguageModel(nn.Module, abc.ABC):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
 
+    @torch.no_grad()
+    def diagnostics(self, idx: Tensor) -> dict[str, float]:
+        """Scalars worth following during training (bandwidths, decays, retrieval sharpness) on a
+        batch ``idx`` (B, T); none by default."""
+        return {}
+
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``."""

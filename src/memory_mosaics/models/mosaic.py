@@ -141,6 +141,11 @@ def _persistent_part(config: MosaicConfig) -> nn.Module:
     )
 
 
+def _entropy(w: Tensor) -> Tensor:
+    """Entropy (nats) of distributions along the last axis."""
+    return -(w * w.clamp_min(1e-30).log()).sum(-1)
+
+
 class MosaicBlock(nn.Module):
     """One pre-norm block: contextual memory, then persistent memory, each in a residual branch."""
 
@@ -191,6 +196,36 @@ class MosaicLM(LanguageModel):
                 fan_in = module.weight.shape[1]
                 scale = self.config.n_layer if name.endswith("c_proj") else 1
                 nn.init.normal_(module.weight, std=1.0 / math.sqrt(fan_in * scale))
+
+    @torch.no_grad()
+    def diagnostics(self, idx: Tensor) -> dict[str, float]:
+        """Per layer, means over heads: the C-mem and P-mem bandwidths beta (C-mem at the last
+        position), the leaky-average decays lambda, the value peek gamma, and the normalised
+        entropies of the retrieval weights on ``idx`` (1 = uniform over the readable pairs, 0 = one
+        pair): the C-mem's at the last position, the P-mem's over all positions."""
+        out: dict[str, float] = {}
+        x = self._embed(idx)
+        T = idx.shape[1]
+        for i, block in enumerate(self.blocks):
+            h, cmem, pmem = block.ln_1(x), block.cmem, block.pmem
+            if isinstance(cmem, ContextualMemory):
+                out[f"layer{i}/cmem_beta"] = cmem.bandwidth(torch.tensor([T - 1]))[:, -1].mean().item()
+                if isinstance(cmem.key, LeakyAverageKey):
+                    out[f"layer{i}/cmem_lambda"] = cmem.key.log_decay().exp().mean().item()
+                if isinstance(cmem.value.gamma, nn.Parameter):
+                    out[f"layer{i}/cmem_gamma"] = cmem.value.gamma.mean().item()
+                w = cmem.attention(h)[:, :, -1, : T - 1].float()  # (B, H, T-1): the last query's weights
+                out[f"layer{i}/cmem_entropy"] = (_entropy(w) / math.log(T - 1)).mean().item()
+            x = x + cmem(h)
+            h = block.ln_2(x)
+            if isinstance(pmem, PersistentMemory):
+                out[f"layer{i}/pmem_beta"] = pmem.bandwidth(torch.tensor([1])).mean().item()
+                if isinstance(pmem.key, LeakyAverageKey):
+                    out[f"layer{i}/pmem_lambda"] = pmem.key.log_decay().exp().mean().item()
+                w = pmem.retrieval_weights(h).float()
+                out[f"layer{i}/pmem_entropy"] = (_entropy(w) / math.log(w.shape[-1])).mean().item()
+            x = x + pmem(h)
+        return out
 
     def _logits(self, x: Tensor) -> Tensor:
         # scale the (B, T, d) features rather than the (B, T, V) logits: one vocabulary-sized tensor, not two

@@ -301,6 +301,9 @@ class Trainer:
                     self._log({"split": "valid", "loss": result["loss"], "perplexity": result["perplexity"],
                                "elapsed_s": time.perf_counter() - start})
                     self.log(f"step {self.step}: valid loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f})")
+                    diagnostics = self.diagnostics() if self.dist.is_main else {}
+                    if diagnostics:
+                        self._log({"split": "diagnostics", **diagnostics})
                     improved = result["loss"] < self.best_val
                     self.best_val = min(self.best_val, result["loss"])
                 if ((cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0)
@@ -319,6 +322,17 @@ class Trainer:
         """Validation loss, perplexity and loss by position over ``eval_windows`` fixed windows."""
         return evaluate(self.model, self.valid_data, self.cfg.context, self.cfg.eval_windows or None,
                         self.cfg.eval_batch_size, self.device, self.amp_dtype, self.dist)
+
+    def diagnostics(self) -> dict[str, float]:
+        """The model's :meth:`~LanguageModel.diagnostics` on the first 8 validation windows."""
+        x, _ = next(iter(self.valid_data.eval_windows(self.cfg.context, 8, 8)))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.autocast():
+                return self.model.diagnostics(x.to(self.device))
+        finally:
+            self.model.train(was_training)
 
     def _log(self, row: dict[str, Any]) -> None:
         if self.metrics is not None:
