@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from .language_analysis import analyse
+
 EXPERIMENT = "language"
 HELP = "Mosaic vs GPT-2 language models: depth sweep, out-of-distribution loss by position, generations"
 
@@ -62,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--long-context", type=int, default=0, metavar="F",
                         help="also evaluate the Mosaics on windows F times the training context")
     parser.add_argument("--deadline-s", type=float, default=0, help="stop training runs after this many seconds")
+    parser.add_argument("--replot", action="store_true",
+                        help="no training: redo the figures and the analysis from --out's results.json and runs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="other overrides for every run")
     parser.add_argument("--ood", default="shared:ood/wikipedia.txt", help="out-of-distribution evaluation text")
     parser.add_argument("--eval-windows", type=int, default=200, help="windows per evaluation corpus (0: all)")
@@ -353,6 +357,8 @@ def run(args: argparse.Namespace) -> int:
         args.sweep_steps = min(args.sweep_steps, 3)
         args.set = [*args.set, "eval_interval=3", "eval_windows=4", "checkpoint_interval=0", "log_interval=1",
                     "batch_size=4", "context=64", "n_embd=32", "n_head=2", "tokenizer=bpe:512"]
+    if args.replot:
+        return replot(args, out)
     if not Path(args.config).is_file():
         raise ValueError(f"--config {args.config}: no such file")
     preset = TrainConfig.from_file(args.config)
@@ -375,5 +381,18 @@ def run(args: argparse.Namespace) -> int:
                                                  indent=1))
     _figures(results, args.depths, out)
     (out / "generations.md").write_text(_generations_markdown(results, args.depths))
+    analyse(out, results, context, args.ood, args.eval_windows or None)
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def replot(args, out: Path) -> int:
+    """Figures and analysis again from a finished experiment folder."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise ValueError(f"--replot: {path} not found (run the experiment first)")
+    saved = json.loads(path.read_text())
+    results = saved["runs"]
+    _figures(results, sorted({e["depth"] for e in results.values()}), out)
+    analyse(out, results, saved["context"], args.ood, args.eval_windows or None)
     return 0
