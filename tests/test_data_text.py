@@ -122,7 +122,7 @@ def test_corpus_errors_are_one_line(tmp_path):
 
 def test_named_datasets_fail_cleanly_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for name in ("tinystories", "simplewiki:validation", "babistories"):
+    for name in ("tinystories", "simplewiki:validation"):
         assert "local path" in one_line_error(read_documents, name)
 
 

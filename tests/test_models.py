@@ -180,14 +180,18 @@ def test_mosaic_trained_at_one_length_runs_at_four_times_it():
 
 def test_v2_long_term_skip_is_drawn_in_training_and_fixed_in_eval():
     model = MODELS["mosaic-v2-memories"]()
+    long = model.blocks[0].cmem.long
+    seen, forward = [], long.forward
+    long.forward = lambda x, min_lag=None: (seen.append(min_lag), forward(x, min_lag))[1]
     idx = torch.randint(0, V, (1, 40))
     torch.testing.assert_close(model(idx), model(idx))  # eval: m = long_term_skip_min
+    assert seen == [4, 4]
     model.train()
-    seen = set()
+    seen.clear()
     for _ in range(30):
         model(idx)
-        seen.add(model.blocks[0].cmem.long.min_lag)
-    assert len(seen) > 1 and min(seen) >= 4 and max(seen) <= 12
+    assert len(set(seen)) > 1 and min(seen) >= 4 and max(seen) <= 12
+    assert long.min_lag == 4  # drawn per call, never stored: decoding still uses m_lo
 
 
 def test_diagnostics_report_the_reference_scalars_at_init():

@@ -38,10 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from ..data.tokenizers import load_tokenizer
     from ..models import load_pretrained
     from ..training.checkpoint import resolve_checkpoint
-    from ..training.config import CONFIG_FILE, resolve_cache_dir
+    from ..data.sources import open_corpus, resolve_cache_dir
+    from ..training.config import CONFIG_FILE
     from ..training.distributed import resolve_device
-    from ..training.evaluate import evaluate, plot_loss_by_position
-    from ..training.trainer import amp_dtype, open_corpus
+    from ..eval.language import evaluate, plot_loss_by_position
+    from ..training.trainer import amp_dtype
 
     ckpt = resolve_checkpoint(args.checkpoint)
     out = Path(args.out)

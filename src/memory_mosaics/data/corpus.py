@@ -29,7 +29,6 @@ SEPARATORS = ("eot", "blank")
 NAMED_DATASETS = {
     "tinystories": ("roneneldan/TinyStories", "train", "text"),
     "simplewiki": ("rahular/simple-wikipedia", "train", "text"),
-    "babistories": (None, "train", "text"),
 }
 
 _EOT_LINE = re.compile(r"^<\|endoftext\|>[ \t]*$", re.MULTILINE)
@@ -114,9 +113,6 @@ def _read_named(source: str) -> list[str]:
     name, _, split = source.partition(":")
     repo, default_split, field = NAMED_DATASETS[name]
     hint = "pass a local path instead (a .txt file or folder, or a .jsonl file)"
-    if repo is None:
-        raise ValueError(f"{name} is not on the Hugging Face hub (it ships as a 7z archive in "
-                         f"facebookresearch/MemoryMosaics); extract it and {hint}")
     try:
         import datasets
     except ImportError:

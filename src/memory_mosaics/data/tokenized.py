@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 import torch
 from tqdm.auto import tqdm
 
+from ..io import atomic_write, atomic_write_text
 from .corpus import corpus_files, read_documents
 from .tokenizers import Tokenizer
 
@@ -131,25 +132,26 @@ def _build(cache_dir: Path, docs: Sequence[str], tokenizer: Tokenizer, key: dict
     """Tokenise ``docs`` in batches into ``cache_dir/tokens.bin``, then write the manifest."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / MANIFEST_FILE).unlink(missing_ok=True)
-    tmp = cache_dir / f"{TOKENS_FILE}.{os.getpid()}.tmp"
     num_tokens = 0
-    with open(tmp, "wb") as out, tqdm(total=len(docs), unit="doc", desc=f"tokenising {label}",
-                                      disable=not progress) as bar:
-        for i in range(0, len(docs), ENCODE_BATCH_DOCS):
-            flat: list[int] = []
-            for ids in tokenizer.encode_batch(docs[i:i + ENCODE_BATCH_DOCS]):
-                flat.extend(ids)
-                flat.append(tokenizer.eot_id)
-            np.asarray(flat, dtype=key["dtype"]).tofile(out)
-            num_tokens += len(flat)
-            bar.update(min(ENCODE_BATCH_DOCS, len(docs) - i))
-    os.replace(tmp, cache_dir / TOKENS_FILE)
+
+    def write_tokens(tmp: str) -> None:
+        nonlocal num_tokens
+        with open(tmp, "wb") as out, tqdm(total=len(docs), unit="doc", desc=f"tokenising {label}",
+                                          disable=not progress) as bar:
+            for i in range(0, len(docs), ENCODE_BATCH_DOCS):
+                flat: list[int] = []
+                for ids in tokenizer.encode_batch(docs[i:i + ENCODE_BATCH_DOCS]):
+                    flat.extend(ids)
+                    flat.append(tokenizer.eot_id)
+                np.asarray(flat, dtype=key["dtype"]).tofile(out)
+                num_tokens += len(flat)
+                bar.update(min(ENCODE_BATCH_DOCS, len(docs) - i))
+
+    atomic_write(cache_dir / TOKENS_FILE, write_tokens)
     manifest = {**key, "source": label, "tokenizer_class": type(tokenizer).__name__,
                 "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
                 "num_tokens": num_tokens, "num_documents": len(docs)}
-    tmp = cache_dir / f"{MANIFEST_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, cache_dir / MANIFEST_FILE)
+    atomic_write_text(cache_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
 
 
 def _cache_matches(cache_dir: Path, key: dict) -> bool:

@@ -58,11 +58,6 @@ class Tokenizer(ABC):
     def fingerprint(self) -> str:
         """A string that changes whenever the id mapping could change (used to key caches)."""
 
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> Tokenizer:
-        """Load whichever tokenizer ``directory/tokenizer.json`` describes."""
-        return load_tokenizer(directory)
-
 
 class GPT2Tokenizer(Tokenizer):
     """GPT-2 BPE from a local ``gpt2.tiktoken`` ranks file (default: the shared data folder)."""

@@ -148,11 +148,10 @@ def train_all(args, runs: list[Run], deadline: float | None = None) -> None:
 
 def prepare_data(args, cfg) -> None:
     """Build the tokenizer and the token caches once, before the runs that share them start."""
-    from ..training.config import resolve_cache_dir
-    from ..training.trainer import build_tokenizer, open_corpus
+    from ..data.sources import build_tokenizer, open_corpus, resolve_cache_dir
 
     cache = resolve_cache_dir(cfg.cache_dir)
-    tokenizer = build_tokenizer(cfg, cache)
+    tokenizer = build_tokenizer(cfg.tokenizer, cfg.train, cache, cfg.separator, cfg.text_field)
     for source in (cfg.train, cfg.valid, args.ood):
         if source:
             open_corpus(source, tokenizer, cache, cfg.separator, cfg.text_field)
@@ -221,9 +220,9 @@ def evaluate_all(args, runs: list[Run], context: int) -> dict:
     from ..data.tokenizers import load_tokenizer
     from ..models import load_pretrained
     from ..training.checkpoint import resolve_checkpoint
-    from ..training.config import TrainConfig, resolve_cache_dir
-    from ..training.evaluate import evaluate
-    from ..training.trainer import open_corpus
+    from ..data.sources import open_corpus, resolve_cache_dir
+    from ..training.config import TrainConfig
+    from ..eval.language import evaluate
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = {}

@@ -68,8 +68,8 @@ def analyse(out: Path, results: dict, context: int, ood: str, windows: int = 200
     from ..data.tokenizers import load_tokenizer
     from ..models import load_pretrained
     from ..training.checkpoint import resolve_checkpoint
-    from ..training.config import TrainConfig, resolve_cache_dir
-    from ..training.trainer import open_corpus
+    from ..data.sources import open_corpus, resolve_cache_dir
+    from ..training.config import TrainConfig
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     analysis: dict = {"bands": {}, "tokens": {}, "mass_edges": MASS_EDGES}

@@ -1,7 +1,6 @@
 """Memory Mosaic layers: feature extractors, bandwidths, contextual and persistent memories."""
 
 from .bandwidth import AdaptiveBandwidth, FixedBandwidth, LearnedBandwidth, make_bandwidth
-from .cache import GrowingBuffer
 from .contextual import ContextualMemory, ContextualState
 from .extractors import ComplexLinear, GatedLeakyKey, LeakyAverageKey, LinearKey, PeekValue
 from .multilevel import ShortLongMemory, SwiGLU
@@ -12,7 +11,6 @@ __all__ = [
     "FixedBandwidth",
     "LearnedBandwidth",
     "make_bandwidth",
-    "GrowingBuffer",
     "ContextualMemory",
     "ContextualState",
     "ComplexLinear",

@@ -22,8 +22,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..ops.retrieval import causal_retrieval, causal_retrieval_weights, memory_readout
-from .cache import GrowingBuffer
-from .extractors import PeekValue, inverse_norm, merge_heads
+from ..common import GrowingBuffer, merge_heads
+from .extractors import PeekValue, inverse_norm
 
 
 @dataclass
@@ -75,34 +75,37 @@ class ContextualMemory(nn.Module):
         self.attn_dropout = attn_dropout
         self.resid_dropout = nn.Dropout(resid_dropout)
 
-    def visible_pairs(self, t: Tensor) -> Tensor:
+    def visible_pairs(self, t: Tensor, min_lag: int | None = None) -> Tensor:
         """Number of stored pairs the query at (0-based) time t may read: (T,) -> (T,)."""
-        hi = t - self.min_lag + 1
+        hi = t - (self.min_lag if min_lag is None else min_lag) + 1
         lo = torch.zeros_like(t) if self.max_lag is None else (t - self.max_lag).clamp(min=0)
         return (hi - lo).clamp(min=0)
 
-    def _keys_and_queries(self, x: Tensor, t: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _keys_and_queries(self, x: Tensor, t: Tensor, state: Tensor | None,
+                          min_lag: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """Keys k_t (unit norm if normalize_keys) and queries q_t = beta(n_t) k_t, both (B, H, T, Dh)."""
         kbar, key_state = self.key(x, state)
-        beta = self.bandwidth(self.visible_pairs(t)).to(kbar.dtype)[None, :, :, None]  # (1, 1|H, T, 1)
+        beta = self.bandwidth(self.visible_pairs(t, min_lag)).to(kbar.dtype)[None, :, :, None]  # (1, 1|H, T, 1)
         if not self.normalize_keys:
             return kbar, kbar * beta, key_state
         r = inverse_norm(kbar)
         return kbar * r, kbar * (r * beta), key_state
 
-    def _retrieve(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        k, q, key_state = self._keys_and_queries(x, torch.arange(x.shape[1], device=x.device), None)
+    def _retrieve(self, x: Tensor, min_lag: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        min_lag = self.min_lag if min_lag is None else min_lag
+        k, q, key_state = self._keys_and_queries(x, torch.arange(x.shape[1], device=x.device), None, min_lag)
         v, v_tilde = self.value(x)
         p = self.attn_dropout if self.training else 0.0
-        y = causal_retrieval(q, k, v, self.min_lag, self.max_lag, dropout_p=p)
+        y = causal_retrieval(q, k, v, min_lag, self.max_lag, dropout_p=p)
         return y, k, v, v_tilde, key_state
 
     def _output(self, y: Tensor) -> Tensor:
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, T, d_in) -> (B, T, d_out). The output at t uses inputs up to t only."""
-        return self._output(self._retrieve(x)[0])
+    def forward(self, x: Tensor, min_lag: int | None = None) -> Tensor:
+        """x (B, T, d_in) -> (B, T, d_out). The output at t uses inputs up to t only; ``min_lag``
+        overrides the memory's own for this call (v2's long-term memory draws it in training)."""
+        return self._output(self._retrieve(x, min_lag)[0])
 
     def attention(self, x: Tensor) -> Tensor:
         """Retrieval weights (B, H, T, T) for inspection: row t is the distribution over pairs s."""

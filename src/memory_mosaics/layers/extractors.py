@@ -18,26 +18,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..common import split_heads
 from ..ops.leaky_average import leaky_average
 
 EXP_SCALE = 10.0
 
 
-def split_heads(x: Tensor, n_head: int) -> Tensor:
-    """(B, T, H * Dh) -> (B, H, T, Dh)."""
-    B, T, C = x.shape
-    return x.view(B, T, n_head, C // n_head).transpose(1, 2)
-
-
 def inverse_norm(x: Tensor) -> Tensor:
     """1 / ||x|| over the last dim, shape (..., 1): multiply by it (cheaper to differentiate than a division)."""
     return torch.rsqrt(x.square().sum(dim=-1, keepdim=True))
-
-
-def merge_heads(x: Tensor) -> Tensor:
-    """(B, H, T, Dh) -> (B, T, H * Dh)."""
-    B, H, T, D = x.shape
-    return x.transpose(1, 2).reshape(B, T, H * D)
 
 
 class LinearKey(nn.Module):

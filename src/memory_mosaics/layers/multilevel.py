@@ -11,6 +11,7 @@ own extractors and bandwidth; their outputs are concatenated and combined by ``W
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -18,6 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .contextual import ContextualMemory, ContextualState
+
+
+@dataclass
+class ShortLongState:
+    """Decoding state of a :class:`ShortLongMemory`: one state per contextual memory."""
+
+    short: ContextualState
+    long: ContextualState
 
 
 class ShortLongMemory(nn.Module):
@@ -29,24 +38,25 @@ class ShortLongMemory(nn.Module):
         super().__init__()
         if not 1 <= long_skip[0] <= long_skip[1]:
             raise ValueError(f"long_skip must satisfy 1 <= m_lo <= m_hi, got {long_skip}")
+        if long.min_lag != long_skip[0]:
+            raise ValueError(f"the long-term memory's min_lag ({long.min_lag}) must be m_lo ({long_skip[0]}), its value at inference")
         self.short, self.long, self.c_proj = short, long, proj
         self.long_skip = tuple(long_skip)
         self.resid_dropout = nn.Dropout(resid_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        self.long.min_lag = random.randint(*self.long_skip) if self.training else self.long_skip[0]
-        return self.resid_dropout(self.c_proj(torch.cat([self.short(x), self.long(x)], dim=-1)))
+        m = random.randint(*self.long_skip) if self.training else self.long_skip[0]
+        return self.resid_dropout(self.c_proj(torch.cat([self.short(x), self.long(x, min_lag=m)], dim=-1)))
 
     @torch.no_grad()
-    def prefill(self, x: Tensor) -> tuple[Tensor, list[ContextualState]]:
-        self.long.min_lag = self.long_skip[0]
-        ys, ls = self.short.prefill(x)
-        yl, ll = self.long.prefill(x)
-        return self.c_proj(torch.cat([ys, yl], dim=-1)), [ls, ll]
+    def prefill(self, x: Tensor) -> tuple[Tensor, ShortLongState]:
+        ys, short = self.short.prefill(x)
+        yl, long = self.long.prefill(x)  # the long memory's own min_lag: m_lo, as at inference
+        return self.c_proj(torch.cat([ys, yl], dim=-1)), ShortLongState(short, long)
 
     @torch.no_grad()
-    def step(self, x: Tensor, state: list[ContextualState]) -> Tensor:
-        return self.c_proj(torch.cat([self.short.step(x, state[0]), self.long.step(x, state[1])], dim=-1))
+    def step(self, x: Tensor, state: ShortLongState) -> Tensor:
+        return self.c_proj(torch.cat([self.short.step(x, state.short), self.long.step(x, state.long)], dim=-1))
 
 
 class SwiGLU(nn.Module):

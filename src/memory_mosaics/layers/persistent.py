@@ -16,7 +16,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..ops.retrieval import memory_readout
-from .extractors import EXP_SCALE, inverse_norm, merge_heads
+from ..common import merge_heads
+from .extractors import EXP_SCALE, inverse_norm
 
 
 class PersistentMemory(nn.Module):

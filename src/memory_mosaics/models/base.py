@@ -14,7 +14,6 @@ import abc
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import Tensor
+
+from ..io import atomic_write, atomic_write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -50,6 +51,19 @@ class ModelConfig:
             raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
         return cls(**d)
 
+    @classmethod
+    def from_training(cls, train: Any, vocab_size: int) -> "ModelConfig":
+        """The config of a model trained with ``train`` (a ``TrainConfig``) on ``vocab_size`` ids:
+        the shared sizes, then the kind's own fields (:meth:`training_fields`), then ``train.model_args``."""
+        shared = {"vocab_size": vocab_size, "n_layer": train.n_layer, "n_head": train.n_head,
+                  "n_embd": train.n_embd, "dropout": train.dropout}
+        return cls.from_dict({**shared, **cls.training_fields(train), **train.model_args})
+
+    @classmethod
+    def training_fields(cls, train: Any) -> dict[str, Any]:
+        """Fields this kind derives from the training settings (none by default)."""
+        return {}
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
@@ -68,23 +82,6 @@ class ModelConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class LanguageModel(nn.Module, abc.ABC):
@@ -163,7 +160,7 @@ class LanguageModel(nn.Module, abc.ABC):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         atomic_write(d / WEIGHTS_NAME, lambda tmp: save_model(self, tmp))
-        atomic_write(d / CONFIG_NAME, lambda tmp: Path(tmp).write_text(self.config.to_json()))
+        atomic_write_text(d / CONFIG_NAME, self.config.to_json())
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> "LanguageModel":

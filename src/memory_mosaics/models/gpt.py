@@ -14,9 +14,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..layers.cache import GrowingBuffer
-from ..layers.extractors import merge_heads, split_heads
+from ..common import GrowingBuffer, ResidualProjection, merge_heads, split_heads
 from .base import LanguageModel, ModelConfig
+
+
+@dataclass
+class KVCache:
+    """One attention layer's stored keys and values, each (B, H, t, Dh)."""
+
+    keys: GrowingBuffer
+    values: GrowingBuffer
+
+
+@dataclass
+class GPTState:
+    """Decoding state of :class:`GPTLM`: one :class:`KVCache` per block and the number of positions seen."""
+
+    caches: list[KVCache]
+    t: int
 
 
 @dataclass
@@ -33,6 +48,11 @@ class GPTConfig(ModelConfig):
     dropout: float = 0.05
     bias: bool = False
 
+    @classmethod
+    def training_fields(cls, train) -> dict:
+        """The position table covers the training context; ``dropout`` on attention and residuals (nanoGPT)."""
+        return {"block_size": train.context}
+
     def __post_init__(self):
         self._check_positive("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
         self._check_probability("dropout")
@@ -45,28 +65,33 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.dropout = config.n_head, config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = ResidualProjection(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = self.c_attn(x).split(x.shape[-1], dim=2)
         return split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
 
-    def forward(self, x: Tensor, cache: list | None = None) -> Tensor:
-        """x (B, T, d). With ``cache`` (an empty list) the keys and values are stored into it."""
+    def _attend(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = self._qkv(x)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        if cache is not None:
-            cache.extend([GrowingBuffer(k), GrowingBuffer(v)])
-        return self.resid_dropout(self.c_proj(merge_heads(y)))
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True), k, v
 
-    def step(self, x: Tensor, cache: list) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, d) -> (B, T, d)."""
+        return self.resid_dropout(self.c_proj(merge_heads(self._attend(x)[0])))
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, KVCache]:
+        """The output over a prompt x (B, T, d) and its keys and values."""
+        y, k, v = self._attend(x)
+        return self.resid_dropout(self.c_proj(merge_heads(y))), KVCache(GrowingBuffer(k), GrowingBuffer(v))
+
+    def step(self, x: Tensor, cache: KVCache) -> Tensor:
         """One position x (B, 1, d) attending to the cache and itself."""
         q, k, v = self._qkv(x)
-        cache[0].append(k)
-        cache[1].append(v)
-        y = F.scaled_dot_product_attention(q, cache[0].view(), cache[1].view())
+        cache.keys.append(k)
+        cache.values.append(v)
+        y = F.scaled_dot_product_attention(q, cache.keys.view(), cache.values.view())
         return self.c_proj(merge_heads(y))
 
 
@@ -74,7 +99,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = ResidualProjection(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -89,11 +114,16 @@ class GPTBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, cache: list | None = None) -> Tensor:
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
-    def step(self, x: Tensor, cache: list) -> Tensor:
+    def prefill(self, x: Tensor) -> tuple[Tensor, KVCache]:
+        h, cache = self.attn.prefill(self.ln_1(x))
+        x = x + h
+        return x + self.mlp(self.ln_2(x)), cache
+
+    def step(self, x: Tensor, cache: KVCache) -> Tensor:
         x = x + self.attn.step(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
@@ -114,9 +144,9 @@ class GPTLM(LanguageModel):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        for name, module in self.named_modules():
+        for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj") else 0.02
+                std = 0.02 / math.sqrt(2 * self.config.n_layer) if isinstance(module, ResidualProjection) else 0.02
                 nn.init.normal_(module.weight, std=std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
@@ -136,19 +166,20 @@ class GPTLM(LanguageModel):
         return self.ln_f(x) @ self.wte.weight.T
 
     @torch.no_grad()
-    def prefill(self, idx: Tensor) -> tuple[Tensor, dict]:
+    def prefill(self, idx: Tensor) -> tuple[Tensor, GPTState]:
         self.check_tokens(idx)
         x = self._embed(idx)
-        caches = [[] for _ in self.blocks]
-        for block, cache in zip(self.blocks, caches):
-            x = block(x, cache)
-        return self._logits(x[:, -1]), {"caches": caches, "t": idx.shape[1]}
+        caches = []
+        for block in self.blocks:
+            x, cache = block.prefill(x)
+            caches.append(cache)
+        return self._logits(x[:, -1]), GPTState(caches, idx.shape[1])
 
     @torch.no_grad()
-    def step(self, idx: Tensor, state: dict) -> Tensor:
-        self.check_tokens(idx, offset=state["t"])
-        x = self._embed(idx, offset=state["t"])
-        for block, cache in zip(self.blocks, state["caches"]):
+    def step(self, idx: Tensor, state: GPTState) -> Tensor:
+        self.check_tokens(idx, offset=state.t)
+        x = self._embed(idx, offset=state.t)
+        for block, cache in zip(self.blocks, state.caches):
             x = block.step(x, cache)
-        state["t"] += 1
+        state.t += 1
         return self._logits(x[:, -1])

@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..common import ResidualProjection
 from ..layers import ContextualMemory, GatedLeakyKey, LeakyAverageKey, PeekValue, PersistentMemory, make_bandwidth
 from ..layers.multilevel import ShortLongMemory, SwiGLU
 from .base import LanguageModel, ModelConfig
@@ -67,6 +69,12 @@ class MosaicConfig(ModelConfig):
     long_term_skip_min: int = 64  # v2: m at inference, lower end of m's training range
     long_term_skip_max: int = 256  # v2: upper end of m's training range
     persistent: str = "bank"  # "bank" (v1 P-mem) | "swiglu" (v2)
+
+    @classmethod
+    def training_fields(cls, train) -> dict:
+        """``train.dropout`` where the authors' language runs put it: their "eft" model has residual
+        and P-mem retrieval dropout, and none on the contextual memory's retrieval weights."""
+        return {"attn_dropout": 0.0, "pmem_attn_dropout": train.dropout}
 
     def __post_init__(self):
         if self.pmem_size is None:
@@ -118,24 +126,24 @@ def _contextual_memory(config: MosaicConfig, proj: nn.Module, **lags) -> Context
 def _contextual_part(config: MosaicConfig) -> nn.Module:
     d = config.n_embd
     if config.short_term_window is None:
-        return _contextual_memory(config, _linear(d, d))
+        return _contextual_memory(config, ResidualProjection(d, d))
     short = _contextual_memory(config, nn.Identity(), max_lag=config.short_term_window - 1)
     long = _contextual_memory(config, nn.Identity(), min_lag=config.long_term_skip_min)
     skip = (config.long_term_skip_min, config.long_term_skip_max)
-    return ShortLongMemory(short, long, _linear(2 * d, d), skip, resid_dropout=config.dropout)
+    return ShortLongMemory(short, long, ResidualProjection(2 * d, d), skip, resid_dropout=config.dropout)
 
 
 def _persistent_part(config: MosaicConfig) -> nn.Module:
     d, H = config.n_embd, config.n_head
     if config.persistent == "swiglu":
-        return SwiGLU(d, 3 * d, _linear(3 * d, d), resid_dropout=config.dropout)
+        return SwiGLU(d, 3 * d, ResidualProjection(3 * d, d), resid_dropout=config.dropout)
     return PersistentMemory(
         key=_key_extractor(config),
         bandwidth=make_bandwidth("learned", H),
         n_head=H,
         head_dim=d // H,
         size=config.pmem_size,
-        proj=_linear(d, d),
+        proj=ResidualProjection(d, d),
         attn_dropout=config.pmem_attn_dropout,
         resid_dropout=config.dropout,
     )
@@ -144,6 +152,15 @@ def _persistent_part(config: MosaicConfig) -> nn.Module:
 def _entropy(w: Tensor) -> Tensor:
     """Entropy (nats) of distributions along the last axis."""
     return -(w * w.clamp_min(1e-30).log()).sum(-1)
+
+
+@dataclass
+class BlockState:
+    """Decoding state of one :class:`MosaicBlock`: its contextual memory's (a ``ContextualState``,
+    or a ``ShortLongState`` with v2 memories) and its persistent memory's key-extractor state."""
+
+    cmem: Any
+    pmem: Any
 
 
 class MosaicBlock(nn.Module):
@@ -160,15 +177,15 @@ class MosaicBlock(nn.Module):
         x = x + self.cmem(self.ln_1(x))
         return x + self.pmem(self.ln_2(x))
 
-    def prefill(self, x: Tensor) -> tuple[Tensor, list]:
+    def prefill(self, x: Tensor) -> tuple[Tensor, BlockState]:
         h, c_state = self.cmem.prefill(self.ln_1(x))
         x = x + h
         h, p_state = self.pmem.prefill(self.ln_2(x))
-        return x + h, [c_state, p_state]
+        return x + h, BlockState(c_state, p_state)
 
-    def step(self, x: Tensor, state: list) -> Tensor:
-        x = x + self.cmem.step(self.ln_1(x), state[0])
-        h, state[1] = self.pmem.step(self.ln_2(x), state[1])
+    def step(self, x: Tensor, state: BlockState) -> Tensor:
+        x = x + self.cmem.step(self.ln_1(x), state.cmem)
+        h, state.pmem = self.pmem.step(self.ln_2(x), state.pmem)
         return x + h
 
 
@@ -191,10 +208,10 @@ class MosaicLM(LanguageModel):
         scalars and P-mem banks keep the values their layers are constructed with."""
         unit = self.config.embedding_init == "unit"
         nn.init.normal_(self.wte.weight, std=1.0 if unit else 1.0 / math.sqrt(self.config.n_embd))
-        for name, module in self.named_modules():
+        for module in self.modules():
             if isinstance(module, nn.Linear):
                 fan_in = module.weight.shape[1]
-                scale = self.config.n_layer if name.endswith("c_proj") else 1
+                scale = self.config.n_layer if isinstance(module, ResidualProjection) else 1
                 nn.init.normal_(module.weight, std=1.0 / math.sqrt(fan_in * scale))
 
     @torch.no_grad()
@@ -235,7 +252,7 @@ class MosaicLM(LanguageModel):
         return self.wte(idx)  # no positional encoding
 
     @torch.no_grad()
-    def prefill(self, idx: Tensor) -> tuple[Tensor, list]:
+    def prefill(self, idx: Tensor) -> tuple[Tensor, list[BlockState]]:
         self.check_tokens(idx)
         x = self._embed(idx)
         states = []
@@ -245,7 +262,7 @@ class MosaicLM(LanguageModel):
         return self._logits(x[:, -1]), states
 
     @torch.no_grad()
-    def step(self, idx: Tensor, state: list) -> Tensor:
+    def step(self, idx: Tensor, state: list[BlockState]) -> Tensor:
         self.check_tokens(idx)
         x = self._embed(idx)
         for block, block_state in zip(self.blocks, state):

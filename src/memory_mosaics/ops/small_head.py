@@ -25,7 +25,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -34,6 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..io import atomic_write
 
 SOURCE = Path(__file__).with_name("csrc") / "small_head_retrieval.c"
 MAX_HEAD_SIZE = 8  # MAXD in the C file
@@ -56,6 +57,10 @@ def _cpu_id() -> str:
     return ident
 
 
+class _CompileError(RuntimeError):
+    """One compiler invocation failed (the next flag set is tried)."""
+
+
 def _compile(cache: Path) -> Path:
     """Compile SOURCE into a shared library under ``cache`` (atomically); return its path."""
     compiler = os.environ.get("CC") or "cc"
@@ -69,15 +74,18 @@ def _compile(cache: Path) -> Path:
         if target.exists():
             return target
         cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
-        cmd = [compiler, *flags, "-fPIC", "-shared", "-o", tmp, str(SOURCE), "-lm"]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if result.returncode == 0:
-            os.replace(tmp, target)
+
+        def compile_into(tmp: str, flags=flags) -> None:
+            cmd = [compiler, *flags, "-fPIC", "-shared", "-o", tmp, str(SOURCE), "-lm"]
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if result.returncode:
+                raise _CompileError(f"{' '.join(cmd)}: {result.stderr.strip()[-300:]}")
+
+        try:
+            atomic_write(target, compile_into)
             return target
-        os.unlink(tmp)
-        errors.append(f"{' '.join(cmd)}: {result.stderr.strip()[-300:]}")
+        except _CompileError as err:
+            errors.append(str(err))
     raise RuntimeError("; ".join(errors))
 
 

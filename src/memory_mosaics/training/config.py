@@ -12,17 +12,15 @@ Data paths may start with ``shared:`` to point into the shared data folder
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.corpus import shared_data_dir
-from ..models import GPTConfig, MosaicConfig, ModelConfig
+from ..io import atomic_write_text
+from ..models import ModelConfig, lookup
 
-MODEL_KINDS = ("mosaic", "gpt")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 CONFIG_FILE = "train_config.json"
 
@@ -40,7 +38,7 @@ class TrainConfig:
     separator: str = "eot"  # document separator of text files: eot | blank
     text_field: str = "text"  # field of .jsonl records
     # model
-    model: str = "mosaic"  # mosaic | gpt
+    model: str = "mosaic"  # a registered model kind (memory_mosaics.models.model_kinds()): mosaic | gpt
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
@@ -80,8 +78,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError on any out-of-range value (types are checked by :func:`from_dict`)."""
-        if self.model not in MODEL_KINDS:
-            raise ValueError(f"unknown model kind {self.model!r}; expected one of {', '.join(MODEL_KINDS)}")
+        lookup(self.model)  # an unknown kind raises, naming the registered ones
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
         for name in ("n_layer", "n_head", "n_embd", "context", "vocab_multiple", "batch_size", "grad_accum",
@@ -122,27 +119,17 @@ class TrainConfig:
         return cls.from_dict(read_config_file(path), base)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        from ..models.base import atomic_write
-
         path = Path(directory) / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(self.to_json() + "\n"))
+        atomic_write_text(path, self.to_json() + "\n")
         return path
 
     # ------------------------------------------------------------------ derived values
     def model_config(self, vocab_size: int) -> ModelConfig:
-        """The model config for a tokenizer of ``vocab_size`` ids (padded to ``vocab_multiple``).
-
-        ``dropout`` goes where the authors' language runs put it: for the Mosaic (their "eft" model)
-        on each memory's output and on the P-mem's retrieval weights, none on the C-mem's; for GPT-2
-        (nanoGPT) on the residual branches and the attention weights. ``model_args`` overrides."""
+        """The model config for a tokenizer of ``vocab_size`` ids (padded to ``vocab_multiple``);
+        each kind places ``dropout`` as the authors' runs did (``ModelConfig.training_fields``)."""
         padded = -(-vocab_size // self.vocab_multiple) * self.vocab_multiple
-        common = {"vocab_size": padded, "n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
-                  "dropout": self.dropout}
-        if self.model == "mosaic":
-            eft = {"attn_dropout": 0.0, "pmem_attn_dropout": self.dropout}
-            return MosaicConfig.from_dict({**common, **eft, **self.model_args})
-        return GPTConfig.from_dict({**common, "block_size": self.context, **self.model_args})
+        return lookup(self.model)[0].from_training(self, padded)
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -220,27 +207,3 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if not ok:
         raise ValueError(f"config key {key!r} expects a value of type {kind.__name__}, got {value!r}")
     return value
-
-
-# ---------------------------------------------------------------------- paths
-def resolve_data_path(source: str) -> str:
-    """Expand a ``shared:`` prefix into the shared data folder; other sources are returned as is."""
-    if not source.startswith("shared:"):
-        return source
-    root = shared_data_dir()
-    if root is None:
-        raise ValueError(f"{source}: the shared data folder was not found (set MOSAICS_SHARED_DATA)")
-    return str(root / source[len("shared:"):])
-
-
-def resolve_cache_dir(cache_dir: str) -> Path:
-    """The root of the token caches: ``cache_dir``, else ``$MOSAICS_CACHE_DIR``, else ~/.cache/memory_mosaics."""
-    if cache_dir:
-        return Path(cache_dir)
-    env = os.environ.get("MOSAICS_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "memory_mosaics"
-
-
-def source_key(*parts: str) -> str:
-    """A short stable hash naming a cache entry."""
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]

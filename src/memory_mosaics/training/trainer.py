@@ -18,7 +18,6 @@ import csv
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,56 +26,17 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..data.corpus import corpus_files, read_documents
-from ..data.tokenized import TokenizedCorpus
-from ..data.tokenizers import Tokenizer, load_tokenizer, tokenizer_from_spec
-from ..models import GPTLM, LanguageModel, MosaicLM
+from ..data.sources import build_tokenizer, open_corpus, resolve_cache_dir
+from ..data.tokenizers import load_tokenizer
+from ..models import lookup
 from . import distributed
 from .checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint
-from .config import TrainConfig, resolve_cache_dir, resolve_data_path, source_key
-from .evaluate import evaluate
-from .optim import build_optimizer, set_lr, warmup_cosine
+from .config import TrainConfig
+from ..eval.language import evaluate
+from .loop import OptimizerStep, TrainingDiverged
+from .optim import build_optimizer, warmup_cosine
 
-MODEL_CLASSES: dict[str, type[LanguageModel]] = {"mosaic": MosaicLM, "gpt": GPTLM}
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss (or gradient norm) became NaN or infinite; nothing was saved after the last good step."""
-
-
-# ---------------------------------------------------------------------- data
-def build_tokenizer(config: TrainConfig, cache_root: Path, progress: bool = True) -> Tokenizer:
-    """The tokenizer ``config.tokenizer`` names; a ``bpe:N`` one is trained once on the training
-    corpus and cached under ``cache_root``."""
-    spec = config.tokenizer
-    if not spec.startswith("bpe:"):
-        return tokenizer_from_spec(spec)
-    source = resolve_data_path(config.train)
-    stamp = [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in corpus_files(source)] or [source]
-    directory = cache_root / f"tokenizer-{spec.replace(':', '')}-{source_key(spec, config.separator, config.text_field, *stamp)}"
-    if (directory / "tokenizer.json").is_file():
-        return load_tokenizer(directory)
-    if progress:
-        tqdm.write(f"training a {spec} tokenizer on {source}")
-    tokenizer = tokenizer_from_spec(spec, read_documents(source, config.separator, config.text_field))
-    tmp = directory.with_name(f".{directory.name}.{os.getpid()}")
-    tokenizer.save(tmp)
-    try:
-        os.rename(tmp, directory)
-    except OSError:  # another run cached it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    return tokenizer
-
-
-def open_corpus(source: str, tokenizer: Tokenizer, cache_root: Path, separator: str = "eot",
-                text_field: str = "text", progress: bool = True) -> TokenizedCorpus:
-    """``source`` tokenised by ``tokenizer``, cached under ``cache_root`` (one folder per source and tokenizer)."""
-    source = resolve_data_path(source)
-    key = source_key(os.path.abspath(source), tokenizer.fingerprint, separator, text_field)
-    directory = cache_root / f"tokens-{Path(source).stem or 'corpus'}-{key}"
-    return TokenizedCorpus.build_or_load(source, tokenizer, directory, separator=separator, text_field=text_field,
-                                         progress=progress)
 
 
 def amp_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
@@ -179,7 +139,8 @@ class Trainer:
         # data (rank 0 builds the caches, the others then read them)
         cache_root = resolve_cache_dir(cfg.cache_dir)
         with distributed.main_first(d):
-            self.tokenizer = load_tokenizer(ckpt) if ckpt else build_tokenizer(cfg, cache_root, progress)
+            self.tokenizer = (load_tokenizer(ckpt) if ckpt else
+                              build_tokenizer(cfg.tokenizer, cfg.train, cache_root, cfg.separator, cfg.text_field, progress))
             self.train_data = open_corpus(cfg.train, self.tokenizer, cache_root, cfg.separator, cfg.text_field, progress)
             self.valid_data = (open_corpus(cfg.valid, self.tokenizer, cache_root, cfg.separator, cfg.text_field,
                                            progress) if cfg.valid else None)
@@ -189,12 +150,17 @@ class Trainer:
 
         # model and optimiser
         torch.manual_seed(cfg.seed)
-        self.model = MODEL_CLASSES[cfg.model](cfg.model_config(self.tokenizer.vocab_size))
+        self.model = lookup(cfg.model)[1](cfg.model_config(self.tokenizer.vocab_size))
         if ckpt:
             load_weights(self.model, ckpt)
         self.model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        world = d.world_size
+        self.optimizer_step = OptimizerStep(
+            self.model, self.optimizer,
+            lambda step: warmup_cosine(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.max_steps, from_zero=cfg.warmup_from_zero),
+            cfg.grad_clip, self.scaler, reduce=lambda total: distributed.all_reduce_sum(total).item() / world)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed + 1 + d.rank)  # dropout: one stream per process
         if self.device.type == "cuda":
@@ -229,39 +195,26 @@ class Trainer:
     def train_step(self) -> tuple[float, float | None]:
         """One optimiser step; returns (global mean loss, gradient norm before clipping or None without clipping)."""
         cfg = self.cfg
-        lr = warmup_cosine(self.step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.max_steps, from_zero=cfg.warmup_from_zero)
-        set_lr(self.optimizer, lr)
         t0 = time.perf_counter()
         x, y = self.next_batch()
         self.data_time = time.perf_counter() - t0
-        total = torch.zeros((), device=self.device)
-        for a in range(cfg.grad_accum):
-            with distributed.no_sync(self.ddp, sync=a == cfg.grad_accum - 1):
-                with self.autocast():
-                    _, loss = self.train_model(x[a], y[a])
-                self.scaler.scale(loss / cfg.grad_accum).backward()
-            total += loss.detach()
-        loss = distributed.all_reduce_sum(total / cfg.grad_accum).item() / self.dist.world_size
-        if not math.isfinite(loss):
-            self._diverged(f"loss is {loss}")
-        grad_norm = None
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
-            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
-                self._diverged(f"gradient norm is {grad_norm}")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+
+        def micro_loss(a: int) -> torch.Tensor:
+            with self.autocast():
+                return self.train_model(x[a], y[a])[1]
+
+        def sync_last(a: int):
+            return distributed.no_sync(self.ddp, sync=a == cfg.grad_accum - 1)
+
+        try:
+            result = self.optimizer_step(self.step, micro_loss, cfg.grad_accum, sync_last)
+        except TrainingDiverged as err:
+            last = latest_checkpoint(self.out)
+            kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint had been written yet"
+            raise TrainingDiverged(f"{err}; training stopped, {kept}") from None
         self.step += 1
         self.tokens_seen += cfg.batch_size * cfg.context
-        return loss, grad_norm
-
-    def _diverged(self, what: str) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        last = latest_checkpoint(self.out)
-        kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint had been written yet"
-        raise TrainingDiverged(f"{what} at step {self.step + 1}; training stopped, {kept}")
+        return result.loss, result.grad_norm
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:

@@ -1,9 +1,33 @@
-"""Append-only tensor storage for decoding: a memory's stored pairs, or a transformer's KV cache."""
+"""Pieces shared by the Memory Mosaic layers and the GPT-2 baseline: multi-head reshaping, the
+residual-branch output projection (whose initialisation depends on depth), and the append-only
+buffer that holds a memory's stored pairs or a transformer's KV cache during decoding."""
 
 from __future__ import annotations
 
-import torch
+import torch.nn as nn
 from torch import Tensor
+
+
+def split_heads(x: Tensor, n_head: int) -> Tensor:
+    """(B, T, H * Dh) -> (B, H, T, Dh)."""
+    B, T, C = x.shape
+    return x.view(B, T, n_head, C // n_head).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, H, T, Dh) -> (B, T, H * Dh)."""
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * D)
+
+
+class ResidualProjection(nn.Linear):
+    """The projection that closes a residual branch (``c_proj``, ``W_o``; bias-free by default).
+
+    Models initialise it with a depth-scaled std (the Mosaic N(0, 1/(fan_in n_layer)), GPT-2
+    0.02 / sqrt(2 n_layer)); being its own type, it is found by type, not by attribute name."""
+
+    def __init__(self, d_in: int, d_out: int, bias: bool = False):
+        super().__init__(d_in, d_out, bias=bias)
 
 
 class GrowingBuffer:
@@ -30,7 +54,3 @@ class GrowingBuffer:
         """Stored entries [start, stop) as a (B, H, stop - start, D) view."""
         stop = self.length if stop is None else min(stop, self.length)
         return self._data[:, :, start:stop]
-
-    def select(self, index: Tensor) -> None:
-        """Keep only the batch rows in ``index`` (e.g. beam search, finished sequences)."""
-        self._data = self._data[index]

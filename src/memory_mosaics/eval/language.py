@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tokenized import TokenizedCorpus
-from . import distributed
+from ..training import distributed
 
 
 @torch.no_grad()
