@@ -27,6 +27,11 @@ def test_language_quick(tmp_path, monkeypatch):
     # a second invocation reuses the finished runs instead of training again
     assert main(["reproduce", "language", "--quick", "--config", str(REPO / "configs/cpu-d128.toml"), "--out", str(out)]) == 0
     assert (out / "mosaic-1" / "train.log").read_text().count("starting from scratch") == 1
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert set(analysis["tokens"]["mosaic-1"]["valid"]) == {"all", "frequent", "medium", "rare", "seen", "unseen"}
+    (out / "analysis.json").unlink()
+    assert main(["reproduce", "language", "--replot", "--out", str(out)]) == 0  # figures and analysis again
+    assert (out / "analysis.json").is_file()
 
 
 def test_missing_config_is_a_clean_error(tmp_path, capsys):

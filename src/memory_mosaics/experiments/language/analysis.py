@@ -2,7 +2,7 @@
 frequency and by whether the target already occurred in the window, and the learning curves of the
 Mosaic's bandwidths, decays and retrieval entropies.
 
-``analyse(out, results)`` reads the trained runs of ``mosaics reproduce language`` (``out/KEY``)
+``analyse(out, results, ...)`` reads the trained runs of ``mosaics reproduce language`` (``out/KEY``)
 and writes ``analysis.json`` and ``diagnostics.png``; it runs at the end of the experiment and
 again with ``mosaics reproduce language --replot``.
 """
@@ -15,6 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ...data.sources import open_corpus, resolve_cache_dir
+from ...data.tokenizers import load_tokenizer
+from ...models import load_pretrained
+from ...training.checkpoint import resolve_checkpoint
+from ...training.config import TrainConfig
+from ..common import pyplot
 
 # position bands of a window (1-based, inclusive); bands past the window are skipped
 BANDS = ((1, 16), (17, 64), (65, 256), (257, 512), (513, 1024))
@@ -63,15 +70,8 @@ def token_table(losses: np.ndarray, targets: np.ndarray, seen: np.ndarray, class
             for name, m in groups.items()}
 
 
-def analyse(out: Path, results: dict, context: int, ood: str, windows: int = 200) -> dict:
+def analyse(out: Path, results: dict, context: int, ood: str, windows: int | None, device: torch.device) -> dict:
     """Write ``analysis.json`` (and ``diagnostics.png``) for the runs of ``results``; returns the analysis."""
-    from ..data.tokenizers import load_tokenizer
-    from ..models import load_pretrained
-    from ..training.checkpoint import resolve_checkpoint
-    from ..data.sources import open_corpus, resolve_cache_dir
-    from ..training.config import TrainConfig
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     analysis: dict = {"bands": {}, "tokens": {}, "mass_edges": MASS_EDGES}
     classes_by_tokenizer: dict[str, np.ndarray] = {}
     for key, entry in results.items():
@@ -98,13 +98,8 @@ def analyse(out: Path, results: dict, context: int, ood: str, windows: int = 200
 
 def diagnostics_figure(results: dict, path: Path) -> bool:
     """Per Mosaic run, one column: bandwidths, decays and retrieval entropies against tokens, one line per layer."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("[language] matplotlib is not installed: no diagnostics figure", flush=True)
+    plt = pyplot()
+    if plt is None:
         return False
     runs = {k: e["curves"]["diagnostics"] for k, e in results.items() if e["curves"].get("diagnostics")}
     if not runs:

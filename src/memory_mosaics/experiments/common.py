@@ -1,0 +1,95 @@
+"""What every experiment shares: its command-line flags (defined once, the same everywhere), the
+device and thread settings they name, and a guarded import of matplotlib.
+
+Flags (``add_common_arguments``):
+
+    --seeds S [S ...]     seeds as a list; ``A-B`` is a range (``--seeds 0-4`` = ``--seeds 0 1 2 3 4``)
+    --models M [M ...]    which models (choices per experiment)
+    --out DIR             output folder (default ``runs/<experiment>``)
+    --threads N           torch CPU threads per process (0: PyTorch's default)
+    --device D            auto | cpu | cuda | cuda:N
+    --progress / --no-progress
+    --quick               a tiny end-to-end run (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+import torch
+
+
+def seed_list(text: str) -> list[int]:
+    """``"3"`` -> [3]; ``"0-4"`` -> [0, 1, 2, 3, 4] (an argparse type)."""
+    first, dash, last = text.partition("-")
+    try:
+        lo, hi = int(first), int(last) if dash else int(first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a seed or a range A-B of seeds: {text!r}") from None
+    if lo < 0 or hi < lo:
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0 and a range A-B needs A <= B, got {text!r}")
+    return list(range(lo, hi + 1))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, name: str, models: Sequence[str],
+                         default_models: Sequence[str] | None = None, default_seeds: Sequence[int] = (0,),
+                         default_threads: int = 0) -> None:
+    """The flags every experiment takes (module docstring)."""
+    parser.add_argument("--seeds", type=seed_list, nargs="+", default=[list(default_seeds)], metavar="S",
+                        help="seeds, e.g. 0 1 2 or 0-4 (default: %(default)s)")
+    parser.add_argument("--models", nargs="+", choices=list(models), default=list(default_models or models),
+                        help="models to run (default: %(default)s)")
+    parser.add_argument("--out", default=f"runs/{name}", help="output folder (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=default_threads,
+                        help="torch CPU threads per process, 0 = PyTorch's default (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bars (default: on)")
+    parser.add_argument("--quick", action="store_true", help="a tiny end-to-end run (tests)")
+
+
+def seeds(args: argparse.Namespace) -> list[int]:
+    """The seeds of ``--seeds``, flattened, in order, without repeats."""
+    out: list[int] = []
+    for group in args.seeds:
+        out += [s for s in group if s not in out]
+    return out
+
+
+def check_threads(threads: int) -> None:
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {threads}")
+
+
+def apply_threads(threads: int) -> None:
+    """Set this process's torch CPU threads (0: leave PyTorch's default)."""
+    check_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else as torch reads it (a clear error if unusable)."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {spec}: CUDA is not available on this machine")
+    return device
+
+
+def pyplot():
+    """matplotlib.pyplot with the Agg backend, or None (and one line saying so) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no figures (pip install 'memory-mosaics[plots]')", flush=True)
+        return None
+    return plt
