@@ -19,6 +19,10 @@ from typing import Sequence
 
 import torch
 
+from ..training.distributed import resolve_device
+
+__all__ = ["add_common_arguments", "apply_threads", "check_threads", "pyplot", "resolve_device", "seed_list", "seeds"]
+
 
 def seed_list(text: str) -> list[int]:
     """``"3"`` -> [3]; ``"0-4"`` -> [0, 1, 2, 3, 4] (an argparse type)."""
@@ -67,19 +71,6 @@ def apply_threads(threads: int) -> None:
     check_threads(threads)
     if threads:
         torch.set_num_threads(threads)
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; anything else as torch reads it (a clear error if unusable)."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {spec}: CUDA is not available on this machine")
-    return device
 
 
 def pyplot():

@@ -32,9 +32,16 @@ IGNORE_INDEX = -100
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Base of the model configs: validation and a JSON round trip."""
+    """Base of the language-model configs: the sizes every kind has (defaults: GPT-2 small),
+    validation helpers and a JSON round trip."""
 
     model_type = "base"
+
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.05  # on each residual branch's output
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": self.model_type, **dataclasses.asdict(self)}
@@ -70,6 +77,14 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
         return cls.from_dict(json.loads(text))
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        if getattr(self, name) not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+    def _check_heads(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
     def _check_positive(self, *names: str) -> None:
         for name in names:

@@ -40,12 +40,7 @@ class GPTConfig(ModelConfig):
 
     model_type = "gpt"
 
-    vocab_size: int = 50304
     block_size: int = 512
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.05
     bias: bool = False
 
     @classmethod
@@ -56,8 +51,7 @@ class GPTConfig(ModelConfig):
     def __post_init__(self):
         self._check_positive("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
         self._check_probability("dropout")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        self._check_heads()
 
 
 class CausalSelfAttention(nn.Module):

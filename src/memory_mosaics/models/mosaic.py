@@ -54,12 +54,7 @@ class MosaicConfig(ModelConfig):
 
     model_type = "mosaic"
 
-    vocab_size: int = 50304
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
     pmem_size: int | None = None  # (key, value) pairs per head of each P-mem; None -> 3.5 * n_embd
-    dropout: float = 0.05  # on each memory's output (residual dropout)
     attn_dropout: float = 0.05  # on the contextual memory's retrieval weights
     pmem_attn_dropout: float | None = None  # on the persistent memory's retrieval weights; None -> attn_dropout
     embedding_init: str = "reference"  # "reference": tied matrix N(0, 1/d) as the authors' | "unit": N(0, 1)
@@ -83,16 +78,10 @@ class MosaicConfig(ModelConfig):
         if self.pmem_attn_dropout is None:
             self.pmem_attn_dropout = self.attn_dropout
         self._check_probability("dropout", "attn_dropout", "pmem_attn_dropout")
-        if self.embedding_init not in EMBEDDING_INITS:
-            raise ValueError(f"embedding_init must be one of {EMBEDDING_INITS}, got {self.embedding_init!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.key_extractor not in KEY_EXTRACTORS:
-            raise ValueError(f"key_extractor must be one of {KEY_EXTRACTORS}, got {self.key_extractor!r}")
-        if self.bandwidth not in BANDWIDTHS:
-            raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {self.bandwidth!r}")
-        if self.persistent not in PERSISTENT:
-            raise ValueError(f"persistent must be one of {PERSISTENT}, got {self.persistent!r}")
+        self._check_heads()
+        for name, choices in (("embedding_init", EMBEDDING_INITS), ("key_extractor", KEY_EXTRACTORS),
+                              ("bandwidth", BANDWIDTHS), ("persistent", PERSISTENT)):
+            self._check_choice(name, choices)
         if self.short_term_window is not None:
             self._check_positive("short_term_window", "long_term_skip_min", "long_term_skip_max")
             if self.short_term_window < 2 or self.long_term_skip_min > self.long_term_skip_max:
