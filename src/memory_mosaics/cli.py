@@ -15,15 +15,24 @@ import sys
 from . import commands
 
 
+def add_subcommands(parser: argparse.ArgumentParser, package, dest: str, name_attr: str) -> None:
+    """One subcommand per module of ``package`` that defines ``HELP``, ``add_arguments(parser)`` and
+    (unless it only groups subcommands) ``run(args)``; its name is the module's ``name_attr``
+    (default: the module name). Modules without ``HELP`` (helpers) are skipped."""
+    sub = parser.add_subparsers(dest=dest, required=True, metavar=dest.upper())
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        if not hasattr(module, "HELP"):
+            continue
+        p = sub.add_parser(getattr(module, name_attr, info.name), help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        if hasattr(module, "run"):  # a group of subcommands (reproduce) leaves _run to the chosen one
+            p.set_defaults(_run=module.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mosaics", description="Memory Mosaics: train, evaluate, generate, reproduce.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        name = getattr(module, "COMMAND", info.name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    add_subcommands(parser, commands, "command", "COMMAND")
     return parser
 
 

@@ -6,24 +6,12 @@ Each experiment is a module of :mod:`memory_mosaics.experiments` that defines ``
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from .. import experiments
 
 HELP = "reproduce an experiment of the paper (moons, language, regbench)"
 
 
 def add_arguments(parser) -> None:
-    sub = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
-    for info in sorted(pkgutil.iter_modules(experiments.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{experiments.__name__}.{info.name}")
-        if not hasattr(module, "EXPERIMENT"):
-            continue
-        p = sub.add_parser(module.EXPERIMENT, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_experiment=module.run)
+    from ..cli import add_subcommands
 
-
-def run(args) -> int:
-    return args._experiment(args)
+    add_subcommands(parser, experiments, "experiment", "EXPERIMENT")

@@ -104,11 +104,11 @@ def run(args: argparse.Namespace) -> int:
         args.sweep_steps = min(args.sweep_steps, 3)
     _check(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     apply_threads(args.threads)
     device = resolve_device(args.device)
     if args.replot:
         return replot(args, out, device)
+    out.mkdir(parents=True, exist_ok=True)
     base = base_config(args)
     prepare_data(base, args.ood)
     kinds = {d: [*args.models, *(["mosaic-v2"] if d in args.v2_depths else [])] for d in args.depths}
