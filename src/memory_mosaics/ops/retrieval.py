@@ -18,7 +18,7 @@ Shapes: ``q``, ``k`` (B, H, T, Dk); ``v`` (B, H, T, Dv); returns (B, H, T, Dv).
   ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels) applies;
   the first ``min_lag`` outputs are zero. A finite ``max_lag`` adds a band mask. On the CPU in
   float32 with head sizes <= 8 and no dropout it calls the compiled kernel of :mod:`.small_head`
-  instead (3.5-7.6x faster forward + backward there; same function).
+  instead (same function, faster there: ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations

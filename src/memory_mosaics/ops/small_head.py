@@ -2,8 +2,8 @@
 
 At head sizes of 2-6 (the three-moons memory: 3 heads of size 2, or 1 of size 6) PyTorch's CPU
 attention kernels cost as much per (query, pair) as at head size 16; ``csrc/small_head_retrieval.c``
-vectorises over 16 queries (or 16 pairs) instead of over the head dimension: 2.5-5x faster forward
-and 3.5-7.6x faster forward + backward at head sizes 8 down to 2 (``benchmarks/bench_small_head.py``).
+vectorises over 16 queries (or 16 pairs) instead of over the head dimension (speed-ups measured by
+``benchmarks/bench_small_head.py``, recorded in ``docs/benchmarks.md``).
 It computes the function of :func:`.retrieval.causal_retrieval_reference` (tests compare values and
 gradients).
 
