@@ -82,8 +82,9 @@ def base_config(args: argparse.Namespace) -> TrainConfig:
     overrides = dict(parse_assignment(a) for a in [*(QUICK if args.quick else []), *args.set])
     if args.max_steps:
         overrides.setdefault("max_steps", args.max_steps)
-    threads = args.threads or (1 if args.jobs > 1 else 0)
-    overrides.update(device=args.device, threads=threads, progress=False)
+    if args.threads or args.jobs > 1:  # else the preset's
+        overrides["threads"] = args.threads or 1
+    overrides.update(device=args.device, progress=False)
     return TrainConfig.from_dict(overrides, TrainConfig.from_file(args.config))
 
 

@@ -1,4 +1,5 @@
-"""RegBench metrics and training-free baselines (in-context n-grams, oracle).
+"""RegBench evaluation: metrics, training-free baselines (in-context n-grams, oracle), the scoring
+of a model on a set of environments (:func:`evaluate`) and generator statistics.
 
 Positions. Every array of per-position distributions here has one row per *input* position,
 ``tokens[:-1]`` (T = len(tokens) - 1 rows), the row for input position p being a distribution over
@@ -20,17 +21,21 @@ a letter (its TVD on all positions); for that accuracy, call :func:`accuracy_and
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from memory_mosaics.data.regbench import (
+from ..data.regbench import (
+    IGNORE_INDEX,
     PAD,
     SEP,
     VOCAB_SIZE,
     Automaton,
     Environment,
-    make_splits,
+    collate,
+    inputs_and_labels,
 )
 
 Predictor = Callable[[Environment], np.ndarray]
@@ -206,9 +211,8 @@ def ngram_predictor(order: int) -> Predictor:
     return lambda env: ngram_distributions(env.tokens, order)[order - 1]
 
 
-def baseline_report(num_envs: int = 500, seed: int = 0, max_order: int = 4) -> dict[str, dict]:
-    """Metrics of the n-gram (1..max_order) and oracle predictors on the first test environments."""
-    envs = make_splits(0, seed=seed, num_test=num_envs, num_val=0)["test"]
+def baselines(envs: Sequence[Environment], max_order: int = 4) -> dict[str, dict]:
+    """Metrics of the in-context n-grams (1..max_order) and of the oracle, pooled over ``envs``."""
     trues = [true_next_distributions(env.automaton, env.tokens) for env in envs]
     grams = [ngram_distributions(env.tokens, max_order) for env in envs]
     report = {
@@ -217,3 +221,81 @@ def baseline_report(num_envs: int = 500, seed: int = 0, max_order: int = 4) -> d
     }
     report["oracle"] = pooled_accuracy_and_tvd(trues, trues)
     return report
+
+
+# --- scoring a model ------------------------------------------------------------------------------
+
+
+def batches(envs: Sequence[Environment], batch_size: int,
+            order: Sequence[int] | None = None) -> Iterator[tuple[list[Environment], torch.Tensor, torch.Tensor]]:
+    """Yield (envs, inputs (B, T), labels (B, T)) padded per batch, in ``order`` (default: as given)."""
+    order = list(range(len(envs)) if order is None else order)
+    for start in range(0, len(order), batch_size):
+        chunk = [envs[i] for i in order[start : start + batch_size]]
+        inputs, labels = collate([inputs_and_labels(env.tokens) for env in chunk])
+        yield chunk, inputs, labels
+
+
+def by_length(envs: Sequence[Environment]) -> list[int]:
+    """Indices sorted by prompt length (evaluation only: less padding, same pooled metrics)."""
+    return sorted(range(len(envs)), key=lambda i: len(envs[i].tokens))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, envs: Sequence[Environment], batch_size: int = 32,
+             device: str | torch.device = "cpu", metrics: bool = True) -> dict[str, float]:
+    """Loss and (with ``metrics``) pooled accuracy / TVD / L1 of ``model`` on ``envs``.
+
+    ``model(inputs)`` must return logits (B, T, 20). The model's distribution at each position is the
+    softmax over the 20 tokens; accuracy and TVD are pooled over every non-pad input position (as
+    :func:`accuracy_and_tvd`), the loss is the mean cross-entropy over the training labels
+    (separators and pads ignored).
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum, label_count = 0.0, 0
+    sums = {"accuracy": 0.0, "tvd": 0.0, "l1": 0.0}
+    positions = 0
+    try:
+        for chunk, inputs, labels in batches(envs, batch_size, by_length(envs)):
+            inputs, labels = inputs.to(device), labels.to(device)
+            logits = model(inputs).double()  # fp64 softmax: metrics exact to ~1e-15
+            valid = labels != IGNORE_INDEX
+            loss_sum += float(F.cross_entropy(logits[valid], labels[valid], reduction="sum"))
+            label_count += int(valid.sum())
+            if metrics:
+                probs = torch.softmax(logits, dim=-1).cpu().numpy()
+                true, mask = true_distributions_batch([e.automaton for e in chunk], [e.tokens for e in chunk],
+                                                      length=inputs.shape[1])
+                batch = accuracy_and_tvd(probs, true, mask)
+                for key in sums:
+                    sums[key] += batch[key] * batch["positions"]
+                positions += batch["positions"]
+    finally:
+        model.train(was_training)
+    result = {"loss": loss_sum / max(label_count, 1)}
+    if metrics:
+        result.update({key: value / max(positions, 1) for key, value in sums.items()})
+        result["positions"] = positions
+    return result
+
+
+# --- the generator --------------------------------------------------------------------------------
+
+
+def generator_stats(envs: Sequence[Environment]) -> dict[str, Any]:
+    """Prompt length, automaton size and branching of ``envs`` (docs/regbench.md, "Data")."""
+    lengths = np.array([len(env.tokens) for env in envs])
+    states = np.array([env.automaton.num_states for env in envs])
+    letters = [len(np.unique(np.nonzero(env.automaton.transitions >= 0)[1])) for env in envs]
+    degrees = np.concatenate([(env.automaton.transitions >= 0).sum(axis=1) for env in envs])
+    shares = np.bincount(degrees, minlength=4)[1:4] / len(degrees)
+    return {
+        "environments": len(envs),
+        "prompt_tokens_mean": float(lengths.mean()),
+        "prompt_tokens_min": int(lengths.min()),
+        "prompt_tokens_max": int(lengths.max()),
+        "states_mean": float(states.mean()),
+        "letters_mean": float(np.mean(letters)),
+        "branching_1_2_3": [float(s) for s in shares],
+    }
