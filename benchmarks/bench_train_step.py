@@ -36,7 +36,8 @@ def main():
         for name, model in models.items():
             t = best_time(step_fn(model, T, args.batch), args.repeats)
             tps[name] = args.batch * T / t
-            print(f"T={T:5d}  {name:6s} params {model.num_params() / 1e6:6.2f}M  {t * 1e3:8.1f} ms/step  {tps[name]:8.0f} tokens/s")
+            size = f"params {model.num_params() / 1e6:6.2f}M"
+            print(f"T={T:5d}  {name:6s} {size}  {t * 1e3:8.1f} ms/step  {tps[name]:8.0f} tokens/s")
         print(f"T={T:5d}  mosaic / gpt tokens/s ratio: {tps['mosaic'] / tps['gpt']:.2f}")
 
 

@@ -123,7 +123,7 @@ def test_sigkill_then_resume_reaches_the_same_weights(data, tmp_path):
     try:
         while time.time() < deadline:  # kill between two checkpoints, after the first two
             metrics = run / "metrics.jsonl"
-            if metrics.is_file() and any(json.loads(l)["step"] >= 13 for l in metrics.read_text().splitlines()[:-1]):
+            if metrics.is_file() and any(json.loads(row)["step"] >= 13 for row in metrics.read_text().splitlines()[:-1]):
                 break
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)

@@ -116,7 +116,7 @@ class TokenizedCorpus:
             yield self._windows(index[i:i + batch_size] * context, context)
 
     def _windows(self, starts: np.ndarray, context: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather tokens[s : s + context + 1] for all starts s in one indexing op -> (x, y), each (len(starts), context)."""
+        """tokens[s : s + context + 1] for all starts s, in one indexing op -> (x, y), each (len(starts), context)."""
         chunk = sliding_window_view(np.asarray(self.tokens), context + 1)[starts]
         return torch.from_numpy(chunk[:, :-1].astype(np.int64)), torch.from_numpy(chunk[:, 1:].astype(np.int64))
 
