@@ -1,4 +1,4 @@
-"""Tests of RegBench metrics and training-free baselines (memory_mosaics.eval.regbench_metrics)."""
+"""Tests of RegBench metrics and training-free baselines (memory_mosaics.eval.regbench)."""
 
 import numpy as np
 import pytest
@@ -12,9 +12,9 @@ from memory_mosaics.data.regbench import (
     inputs_and_labels,
     make_splits,
 )
-from memory_mosaics.eval.regbench_metrics import (
+from memory_mosaics.eval.regbench import (
     accuracy_and_tvd,
-    baseline_report,
+    baselines,
     evaluate_predictor,
     ngram_distributions,
     ngram_predictor,
@@ -26,7 +26,7 @@ from memory_mosaics.eval.regbench_metrics import (
 )
 
 A, B, C = encode("abc")
-REFERENCE = {  # (accuracy, TVD) of the in-context n-grams, docs/regbench.md section 2
+REFERENCE = {  # (accuracy, TVD) of the in-context n-grams, docs/regbench.md, "Baselines"
     "1-gram": (0.46, 0.64),
     "2-gram": (0.83, 0.29),
     "3-gram": (0.93, 0.21),
@@ -150,10 +150,19 @@ def test_ngram_predictor_matches_distributions():
 
 
 def test_baselines_near_reference():
-    report = baseline_report(num_envs=300, seed=0)
+    report = baselines(make_splits(0, seed=0, num_test=300, num_val=0)["test"])
     for name, (accuracy, tvd) in REFERENCE.items():
         assert report[name]["accuracy"] == pytest.approx(accuracy, abs=0.06), name
         assert report[name]["tvd"] == pytest.approx(tvd, abs=0.06), name
     assert report["oracle"]["accuracy"] == 1.0 and report["oracle"]["tvd"] == 0.0
     accuracies = [report[f"{n}-gram"]["accuracy"] for n in range(1, 5)]
     assert accuracies == sorted(accuracies)
+
+
+def test_baselines_pool_the_predictors():
+    envs = make_splits(0, seed=5, num_test=20, num_val=0)["test"]
+    report = baselines(envs, max_order=3)
+    assert list(report) == ["1-gram", "2-gram", "3-gram", "oracle"]
+    for n in (1, 2, 3):
+        assert report[f"{n}-gram"] == evaluate_predictor(envs, ngram_predictor(n))
+    assert report["oracle"] == evaluate_predictor(envs, oracle_predictor)

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from ..data.regbench import make_splits, write_jsonl
-from ..experiments.regbench import baselines, generator_stats
+from ..eval.regbench import baselines, generator_stats
+from ..io import atomic_write_text
 
 COMMAND = "regbench"
 HELP = "RegBench data (random regular languages) and in-context n-gram / oracle baselines"
@@ -80,7 +81,7 @@ def run_baselines(args) -> int:
     text = json.dumps(report, indent=1)
     print(text)
     if out is not None:
-        out.write_text(text + "\n")
+        atomic_write_text(out, text + "\n")
     return 0
 
 

@@ -54,7 +54,7 @@ from .presets import MODELS, PRESETS
 from .report import plot_figure, published_json, summary_lines
 from .results import Results
 from .runs import Runner, Splits
-from .settings import resolve
+from .settings import Settings, resolve
 
 EXPERIMENT = "regbench"
 HELP = "RegBench in-context language learning (figure 9): accuracy and TVD against the number of training automata"
@@ -70,22 +70,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default to the preset's (default: %(default)s)")
     parser.add_argument("--num-train", type=int, nargs="+", metavar="N",
                         help="numbers of training automata (default: the preset's)")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the environments (default 0, as the reference)")
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="seed of the environments (default 0, as the reference)")
     parser.add_argument("--epochs", type=int, help="epochs for every N (default: the preset's)")
     parser.add_argument("--num-val", type=int, help="validation environments used (default: the preset's)")
-    parser.add_argument("--grid", action="store_true", help="select hyper-parameters on validation over the preset's grid")
+    parser.add_argument("--grid", action="store_true",
+                        help="select hyper-parameters on validation over the preset's grid")
     parser.add_argument("--grid-spec", help="grid for --grid, e.g. 'lr=5e-4,1e-3;weight_decay=0.01,0.1'")
     parser.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.json")
 
 
-def load_splits(settings, device: torch.device) -> Splits:
+def load_splits(settings: Settings, device: torch.device) -> Splits:
+    """The environments: the first max(N) training ones, ``num_val`` validation ones (of 500 generated,
+    so that they do not depend on ``--num-val``; quick: of ``num_val``) and the test set."""
     tic = time.perf_counter()
     num_val = 500 if settings.preset != "quick" else settings.num_val
-    splits = make_splits(max(settings.num_train), seed=settings.data_seed, num_test=settings.num_test, num_val=num_val)
-    print(f"regbench: {len(splits['train'])} train / {settings.num_val} validation / {len(splits['test'])} test "
+    made = make_splits(max(settings.num_train), seed=settings.data_seed, num_test=settings.num_test, num_val=num_val)
+    splits = Splits(made["train"], made["validation"][: settings.num_val], made["test"])
+    print(f"regbench: {len(splits.train)} train / {len(splits.val)} validation / {len(splits.test)} test "
           f"environments (data seed {settings.data_seed}, {time.perf_counter() - tic:.1f}s); device {device}, "
           f"{torch.get_num_threads()} threads", flush=True)
-    return Splits(splits["train"], splits["validation"][: settings.num_val], splits["test"])
+    return splits
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,5 +117,6 @@ def run(args: argparse.Namespace) -> int:
     Runner(settings, splits, results, device, args.progress).run_all()
     figure = out / "figure9.png"
     print(f"wrote {results.path}" + (f" and {figure}" if plot_figure(results.data, figure) else ""))
-    print("\n".join(summary_lines(results.data)))
+    for line in summary_lines(results.data):
+        print(line)
     return 0
