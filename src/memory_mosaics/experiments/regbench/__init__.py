@@ -61,8 +61,7 @@ HELP = "RegBench in-context language learning (figure 9): accuracy and TVD again
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, EXPERIMENT, models=MODELS)
-    parser.set_defaults(seeds=None)  # the preset's seeds unless --seeds is given
+    add_common_arguments(parser, EXPERIMENT, models=MODELS, default_seeds=None)  # None: the preset's seeds
     cpu = PRESETS["cpu"]
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
                         help=f"cpu: N<={max(cpu.num_train)}, {cpu.epochs.steps} steps per run, width-64 models; "
