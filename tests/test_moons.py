@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -16,9 +17,12 @@ from memory_mosaics.data.moons import (
     sample_batch,
     spec_systems,
 )
-from memory_mosaics.experiments.moons import Settings, clipped_loss, train
+from memory_mosaics.experiments.moons import train as train_module
+from memory_mosaics.experiments.moons.settings import Settings
+from memory_mosaics.experiments.moons.train import clipped_loss, train
 from memory_mosaics.layers import ContextualMemory
 from memory_mosaics.models.moons import disentanglement, generate, moons_memory
+from memory_mosaics.training.loop import TrainingDiverged
 from memory_mosaics.training.mlx_adam import MLXAdam, mlx_param_groups
 from memory_mosaics.training.optim import set_lr
 
@@ -261,7 +265,71 @@ def test_parallel_jobs_give_the_same_results(tmp_path):
     runs = {}
     for jobs in ("1", "2"):
         out = tmp_path / jobs
-        assert main(["reproduce", "moons", "--quick", "--seeds", "2", "--jobs", jobs, "--out", str(out)]) == 0
+        assert main(["reproduce", "moons", "--quick", "--seeds", "0-1", "--jobs", jobs, "--out", str(out)]) == 0
         runs[jobs] = json.loads((out / "metrics.json").read_text())["runs"]
     assert runs["1"] == runs["2"]
     assert runs["1"][0]["models"]["3heads"]["weights"] != runs["1"][1]["models"]["3heads"]["weights"]
+
+
+def test_seeds_are_a_list_heads_a_shorthand_and_replot_redraws(tmp_path, capsys):
+    """``--seeds 3 5`` trains seeds 3 and 5 (a list, not a count); ``--heads 3`` = ``--models 3heads``;
+    ``--replot`` rewrites the tables and figures from metrics.json; without matplotlib, one line."""
+    assert main(["reproduce", "moons", "--quick", "--seeds", "3", "5", "--heads", "3", "--out", str(tmp_path),
+                 "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["settings"]["seeds"] == [3, 5] and [run["seed"] for run in metrics["runs"]] == [3, 5]
+    assert list(metrics["runs"][0]["models"]) == ["3heads"] and metrics["claims"] is None
+    seeds_md = (tmp_path / "seeds.md").read_text()
+    for name in ("seeds.md", "seeds.json", "weights.png"):
+        (tmp_path / name).unlink()
+    assert main(["reproduce", "moons", "--replot", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "seeds.md").read_text() == seeds_md and (tmp_path / "weights.png").stat().st_size > 0
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+        assert main(["reproduce", "moons", "--replot", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip().startswith("matplotlib is not installed")
+    assert main(["reproduce", "moons", "--replot", "--out", str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "none").exists()
+
+
+def _nan_after(steps):
+    """A clipped loss that turns NaN from training step ``steps`` on."""
+    calls = []
+
+    def loss(y_hat, y, clip):
+        calls.append(1)
+        value = clipped_loss(y_hat, y, clip)
+        return value * math.nan if len(calls) > steps else value
+
+    return loss
+
+
+def test_divergence_raises_and_keeps_the_last_good_weights(monkeypatch):
+    """A NaN loss raises TrainingDiverged (step counted from 1) before the optimiser moves."""
+    torch.manual_seed(0)
+    memory, before = moons_memory(3), []
+
+    def loss(y_hat, y, clip):
+        before.append({k: v.clone() for k, v in memory.state_dict().items()})  # weights before this step
+        value = clipped_loss(y_hat, y, clip)
+        return value * math.nan if len(before) == 3 else value
+
+    monkeypatch.setattr(train_module, "clipped_loss", loss)
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 3"):
+        train(memory, spec_systems()[0], Settings(steps=5, batch_size=2), 0, desc="test", progress=False)
+    assert len(before) == 3 and not torch.equal(before[2]["key.proj.re"], before[0]["key.proj.re"])
+    for k, v in memory.state_dict().items():
+        assert torch.equal(v, before[2][k])
+    assert all(p.grad is None for p in memory.parameters())
+
+
+def test_a_diverged_model_stops_the_experiment_with_one_line(tmp_path, monkeypatch, capsys):
+    """The seed and the model in one line on stderr, exit status 1, no results written."""
+    monkeypatch.setattr(train_module, "clipped_loss", _nan_after(3))
+    code = main(["reproduce", "moons", "--quick", "--seeds", "4", "--models", "1head", "--jobs", "1",
+                 "--no-progress", "--out", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mosaics: error: moons: seed 4, model 1head diverged: loss is nan at step 4"]
+    assert not (tmp_path / "metrics.json").exists()
