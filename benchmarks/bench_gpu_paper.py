@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from memory_mosaics import GPTConfig, GPTLM, MosaicConfig, MosaicLM
+from memory_mosaics import GPTLM, GPTConfig, MosaicConfig, MosaicLM
 
 PAPER = dict(vocab_size=50304, n_head=12, n_embd=768)
 CONTEXT = 512
@@ -73,11 +73,22 @@ def measure(kind: str, depth: int, mode: str, micro_batch: int, steps: int, peak
     dt = statistics.median(times)
     tokens_per_s = micro_batch * CONTEXT / dt
     flops = flops_per_token(model, kind, depth)
-    return {"model": kind, "depth": depth, "mode": mode, "micro_batch": micro_batch, "context": CONTEXT,
-            "params": model.num_params(), "step_ms": dt * 1e3, "tokens_per_s": tokens_per_s,
-            "model_tflops": flops * tokens_per_s / 1e12, "mfu": flops * tokens_per_s / (peak_tflops * 1e12),
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "warmup_s": warmup_s,
-            "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    return {
+        "model": kind,
+        "depth": depth,
+        "mode": mode,
+        "micro_batch": micro_batch,
+        "context": CONTEXT,
+        "params": model.num_params(),
+        "step_ms": dt * 1e3,
+        "tokens_per_s": tokens_per_s,
+        "model_tflops": flops * tokens_per_s / 1e12,
+        "mfu": flops * tokens_per_s / (peak_tflops * 1e12),
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "warmup_s": warmup_s,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+    }
 
 
 def main() -> None:
@@ -107,9 +118,11 @@ def main() -> None:
                     print(f"{mode:8s} depth {depth:2d} {kind:6s} failed: {err!r}"[:300], flush=True)
                     continue
                 results.append(r)
-                print(f"{mode:8s} depth {depth:2d} {kind:6s} {r['step_ms']:8.1f} ms/step {r['tokens_per_s']:10.0f} tok/s "
-                      f"{r['model_tflops']:6.1f} TFLOP/s  MFU {r['mfu']:.3f}  peak {r['peak_memory_gib']:.1f} GiB",
-                      flush=True)
+                print(
+                    f"{mode:8s} depth {depth:2d} {kind:6s} {r['step_ms']:8.1f} ms/step {r['tokens_per_s']:10.0f} tok/s "
+                    f"{r['model_tflops']:6.1f} TFLOP/s  MFU {r['mfu']:.3f}  peak {r['peak_memory_gib']:.1f} GiB",
+                    flush=True,
+                )
                 with open(args.out, "w") as f:
                     json.dump(results, f, indent=1)
                 torch.cuda.empty_cache()

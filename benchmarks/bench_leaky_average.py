@@ -1,6 +1,6 @@
 """Fast (chunked) leaky average vs the literal recurrence: forward + backward.
 
-    python benchmarks/bench_leaky_average.py [--T 1024] [--repeats 5]
+python benchmarks/bench_leaky_average.py [--T 1024] [--repeats 5]
 """
 
 import argparse

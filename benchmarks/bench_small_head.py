@@ -66,7 +66,9 @@ def main():
             base = best_time(step, args.repeats)
         finally:
             small_head.supports = supports
-        print(f"{heads} head(s): SDPA {base * 1e3:7.1f} ms   kernel {fast * 1e3:7.1f} ms   speed-up {base / fast:5.1f}x")
+        print(
+            f"{heads} head(s): SDPA {base * 1e3:7.1f} ms   kernel {fast * 1e3:7.1f} ms   speed-up {base / fast:5.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Training step (forward + backward + AdamW) tokens/s: MosaicLM vs GPTLM of the same size.
 
-    python benchmarks/bench_train_step.py [--T 256 1024] [--batch 4] [--repeats 5]
+python benchmarks/bench_train_step.py [--T 256 1024] [--batch 4] [--repeats 5]
 """
 
 import argparse

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from memory_mosaics import GPTConfig, GPTLM, MosaicConfig, MosaicLM
+from memory_mosaics import GPTLM, GPTConfig, MosaicConfig, MosaicLM
 
 # The size named by the core-library issue: n_layer 4, n_head 4, d 256, vocab 8192.
 SIZE = dict(vocab_size=8192, n_layer=4, n_head=4, n_embd=256)

@@ -22,7 +22,7 @@ EOT = "<|endoftext|>"
 DOCS = [
     "Once upon a time, there was a little cat named Tom.\nTom liked to play.",
     "The sun was hot. Lily ran to the park with her dog, Max!",
-    "\"Can I help?\" asked Ben. His mom smiled and said yes.",
+    '"Can I help?" asked Ben. His mom smiled and said yes.',
     "A bird sang on a tree. The tree was big and green and old.",
 ] * 5
 
@@ -62,6 +62,7 @@ def gpt2_ranks() -> Path:
 
 
 # ---- corpus reading -------------------------------------------------------------------------
+
 
 def test_eot_separator_splits_only_on_whole_marker_lines(tmp_path):
     text = f"\nfirst doc\nline two\n{EOT}\r\nsecond {EOT} inline stays\n{EOT}\n\n{EOT}\nthird\n{EOT}\n"
@@ -135,6 +136,7 @@ def test_shared_data_dir_follows_env(tmp_path, monkeypatch):
 
 # ---- tokenizers -------------------------------------------------------------------------
 
+
 def test_gpt2_known_ids_and_spec_round_trip(tmp_path):
     ranks = gpt2_ranks()
     tok = GPT2Tokenizer(ranks)
@@ -192,6 +194,7 @@ def test_tokenizer_spec_errors():
 
 # ---- token cache and sampling -----------------------------------------------------------------
 
+
 def build(source, cache, tokenizer=None, **kw):
     return TokenizedCorpus.build_or_load(source, tokenizer or ByteTokenizer(), cache, progress=False, **kw)
 
@@ -232,7 +235,7 @@ def test_random_crops_are_deterministic_shifted_windows(tmp_path):
     assert torch.equal(x[:, 1:], y[:, :-1])
     starts = torch.randint(0, len(stream) - 16, (8,), generator=torch.Generator().manual_seed(123))
     for row, s in zip(x, starts.tolist()):
-        assert row.tolist() == stream[s:s + 16].tolist()
+        assert row.tolist() == stream[s : s + 16].tolist()
     assert torch.equal(y[:, -1], torch.from_numpy(stream[starts.numpy() + 16]))
     again = corpus.random_crops(8, 16, torch.Generator().manual_seed(123))
     assert torch.equal(x, again[0]) and torch.equal(y, again[1])
@@ -253,8 +256,8 @@ def test_eval_windows_tile_the_stream(tmp_path):
     assert len(windows) == n and all(x.shape == (1, context) for x, _ in windows)
     xs = torch.cat([x for x, _ in windows], dim=1).flatten()
     ys = torch.cat([y for _, y in windows], dim=1).flatten()
-    assert xs.tolist() == stream[:n * context].tolist()
-    assert ys.tolist() == stream[1:n * context + 1].tolist()
+    assert xs.tolist() == stream[: n * context].tolist()
+    assert ys.tolist() == stream[1 : n * context + 1].tolist()
     batched = list(corpus.eval_windows(context, batch_size=5))
     assert [x.shape[0] for x, _ in batched] == [5] * (n // 5) + ([n % 5] if n % 5 else [])
     assert torch.equal(torch.cat([x for x, _ in batched]).flatten(), xs)

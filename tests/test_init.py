@@ -67,8 +67,9 @@ def test_per_head_scalars_and_banks(model):
 def test_fresh_model_loss_on_random_tokens_is_ln_v(depth):
     V = 50304
     torch.manual_seed(depth)
-    model = MosaicLM(MosaicConfig(vocab_size=V, n_layer=depth, n_head=4, n_embd=64, dropout=0.0,
-                                  attn_dropout=0.0)).eval()
+    model = MosaicLM(
+        MosaicConfig(vocab_size=V, n_layer=depth, n_head=4, n_embd=64, dropout=0.0, attn_dropout=0.0)
+    ).eval()
     idx = torch.randint(0, V, (4, 129))
     with torch.no_grad():
         _, loss = model(idx[:, :-1], idx[:, 1:])
@@ -78,8 +79,11 @@ def test_fresh_model_loss_on_random_tokens_is_ln_v(depth):
 def test_unit_embedding_option_is_not_the_reference():
     V = 4096
     torch.manual_seed(0)
-    model = MosaicLM(MosaicConfig(vocab_size=V, n_layer=1, n_head=4, n_embd=128, embedding_init="unit",
-                                  dropout=0.0, attn_dropout=0.0)).eval()
+    model = MosaicLM(
+        MosaicConfig(
+            vocab_size=V, n_layer=1, n_head=4, n_embd=128, embedding_init="unit", dropout=0.0, attn_dropout=0.0
+        )
+    ).eval()
     _std_close(model.wte.weight, 1.0)
     idx = torch.randint(0, V, (4, 129))
     with torch.no_grad():
@@ -91,7 +95,8 @@ def test_unit_embedding_option_is_not_the_reference():
 
 def test_eft_dropouts_are_separate():
     """The authors' language model ("eft"): no retrieval dropout in the C-mem, 0.05 in the P-mem."""
-    model = MosaicLM(MosaicConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=16, attn_dropout=0.0,
-                                  pmem_attn_dropout=0.05))
+    model = MosaicLM(
+        MosaicConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=16, attn_dropout=0.0, pmem_attn_dropout=0.05)
+    )
     assert model.blocks[0].cmem.attn_dropout == 0.0 and model.blocks[0].pmem.attn_dropout == 0.05
     assert MosaicConfig(attn_dropout=0.1).pmem_attn_dropout == 0.1  # default: the same rate for both

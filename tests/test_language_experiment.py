@@ -15,7 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 def test_language_quick(tmp_path, monkeypatch):
     monkeypatch.setenv("MOSAICS_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    assert main(["reproduce", "language", "--quick", "--config", str(REPO / "configs/cpu-d128.toml"), "--out", str(out)]) == 0
+    assert (
+        main(["reproduce", "language", "--quick", "--config", str(REPO / "configs/cpu-d128.toml"), "--out", str(out)])
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert set(results["summary"]) == {"mosaic-1", "gpt-1"}
     for entry in results["runs"].values():
@@ -25,7 +28,10 @@ def test_language_quick(tmp_path, monkeypatch):
     assert (out / "figure7.png").is_file() and (out / "figure8.png").is_file()
     assert "mosaic depth 1" in (out / "generations.md").read_text()
     # a second invocation reuses the finished runs instead of training again
-    assert main(["reproduce", "language", "--quick", "--config", str(REPO / "configs/cpu-d128.toml"), "--out", str(out)]) == 0
+    assert (
+        main(["reproduce", "language", "--quick", "--config", str(REPO / "configs/cpu-d128.toml"), "--out", str(out)])
+        == 0
+    )
     assert (out / "mosaic-1" / "train.log").read_text().count("starting from scratch") == 1
     analysis = json.loads((out / "analysis.json").read_text())
     assert set(analysis["tokens"]["mosaic-1"]["valid"]) == {"all", "frequent", "medium", "rare", "seen", "unseen"}
@@ -45,8 +51,24 @@ def test_learning_rate_sweep_and_long_context(tmp_path, monkeypatch):
     run is recorded as failed without stopping the others; the Mosaic is also scored at 2x context."""
     monkeypatch.setenv("MOSAICS_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    argv = ["reproduce", "language", "--quick", "--config", str(REPO / "configs/cpu-d128.toml"), "--out", str(out),
-            "--models", "mosaic", "--lrs", "1e-3", "1e12", "--long-context", "2", "--jobs", "2"]
+    argv = [
+        "reproduce",
+        "language",
+        "--quick",
+        "--config",
+        str(REPO / "configs/cpu-d128.toml"),
+        "--out",
+        str(out),
+        "--models",
+        "mosaic",
+        "--lrs",
+        "1e-3",
+        "1e12",
+        "--long-context",
+        "2",
+        "--jobs",
+        "2",
+    ]
     assert main(argv) == 0
     sweep = json.loads((out / "sweep.json").read_text())["mosaic-1"]
     assert sweep["lr"] == 1e-3 and sweep["failed_lrs"] == [1e12] and list(sweep["valid_loss_by_lr"]) == ["0.001"]

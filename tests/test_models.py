@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from memory_mosaics import GPTConfig, GPTLM, MosaicConfig, MosaicLM, load_pretrained
+from memory_mosaics import GPTLM, GPTConfig, MosaicConfig, MosaicLM, load_pretrained
 
 V = 97
 
@@ -24,8 +24,12 @@ MODELS = {
     "mosaic": mosaic,
     "mosaic-v2": lambda: mosaic(key_extractor="gated", bandwidth="adaptive"),
     "mosaic-v2-memories": lambda: mosaic(
-        key_extractor="gated", bandwidth="adaptive", persistent="swiglu",
-        short_term_window=8, long_term_skip_min=4, long_term_skip_max=12,
+        key_extractor="gated",
+        bandwidth="adaptive",
+        persistent="swiglu",
+        short_term_window=8,
+        long_term_skip_min=4,
+        long_term_skip_max=12,
     ),
     "gpt": gpt,
 }

@@ -274,8 +274,24 @@ def test_parallel_jobs_give_the_same_results(tmp_path):
 def test_seeds_are_a_list_heads_a_shorthand_and_replot_redraws(tmp_path, capsys):
     """``--seeds 3 5`` trains seeds 3 and 5 (a list, not a count); ``--heads 3`` = ``--models 3heads``;
     ``--replot`` rewrites the tables and figures from metrics.json; without matplotlib, one line."""
-    assert main(["reproduce", "moons", "--quick", "--seeds", "3", "5", "--heads", "3", "--out", str(tmp_path),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "moons",
+                "--quick",
+                "--seeds",
+                "3",
+                "5",
+                "--heads",
+                "3",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["settings"]["seeds"] == [3, 5] and [run["seed"] for run in metrics["runs"]] == [3, 5]
     assert list(metrics["runs"][0]["models"]) == ["3heads"] and metrics["claims"] is None
@@ -327,8 +343,22 @@ def test_divergence_raises_and_keeps_the_last_good_weights(monkeypatch):
 def test_a_diverged_model_stops_the_experiment_with_one_line(tmp_path, monkeypatch, capsys):
     """The seed and the model in one line on stderr, exit status 1, no results written."""
     monkeypatch.setattr(train_module, "clipped_loss", _nan_after(3))
-    code = main(["reproduce", "moons", "--quick", "--seeds", "4", "--models", "1head", "--jobs", "1",
-                 "--no-progress", "--out", str(tmp_path)])
+    code = main(
+        [
+            "reproduce",
+            "moons",
+            "--quick",
+            "--seeds",
+            "4",
+            "--models",
+            "1head",
+            "--jobs",
+            "1",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["mosaics: error: moons: seed 4, model 1head diverged: loss is nan at step 4"]

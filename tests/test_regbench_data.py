@@ -243,6 +243,4 @@ def test_jsonl_round_trip(tmp_path):
     loaded = read_jsonl(path)
     for split, envs in splits.items():
         assert [e.tokens for e in loaded[split]] == [e.tokens for e in envs]
-        assert [e.automaton.canonical_key() for e in loaded[split]] == [
-            e.automaton.canonical_key() for e in envs
-        ]
+        assert [e.automaton.canonical_key() for e in loaded[split]] == [e.automaton.canonical_key() for e in envs]

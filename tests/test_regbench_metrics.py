@@ -37,9 +37,7 @@ REFERENCE = {  # (accuracy, TVD) of the in-context n-grams, docs/regbench.md, "B
 @pytest.fixture
 def toy():
     """0 -a-> 1, 1 -b-> 0, 1 -c-> 0."""
-    return Automaton.from_json(
-        {"num_states": 2, "start": 0, "transitions": [[0, A, 1], [1, B, 0], [1, C, 0]]}
-    )
+    return Automaton.from_json({"num_states": 2, "start": 0, "transitions": [[0, A, 1], [1, B, 0], [1, C, 0]]})
 
 
 def _one_hot(letter):

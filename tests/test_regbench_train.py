@@ -14,7 +14,7 @@ from memory_mosaics.eval.regbench import evaluate, evaluate_predictor, true_next
 from memory_mosaics.experiments.regbench import add_arguments, presets, train
 from memory_mosaics.experiments.regbench.presets import BATCH_SIZE, BLOCK_SIZE, PRESETS, PROTOCOL
 from memory_mosaics.experiments.regbench.settings import resolve
-from memory_mosaics.models.gpt import GPTConfig, GPTLM
+from memory_mosaics.models.gpt import GPTLM, GPTConfig
 from memory_mosaics.models.registry import REGISTRY
 
 
@@ -122,7 +122,20 @@ def test_quick_grid_selects_on_validation(tmp_path):
 
 def test_data_command_writes_three_splits(tmp_path, capsys):
     path = tmp_path / "envs.jsonl"
-    argv = ["regbench", "data", "--num-train", "7", "--num-test", "5", "--num-val", "4", "--seed", "2", "--out", str(path)]
+    argv = [
+        "regbench",
+        "data",
+        "--num-train",
+        "7",
+        "--num-test",
+        "5",
+        "--num-val",
+        "4",
+        "--seed",
+        "2",
+        "--out",
+        str(path),
+    ]
     assert main(argv) == 0
     lines = path.read_text().splitlines()
     assert len(lines) == 16
@@ -170,7 +183,9 @@ def test_baselines_command(tmp_path, capsys):
 def test_timm_cosine_schedule_hand_computed():
     # timm CosineLRScheduler(t_initial=100, lr_min=1e-4, warmup_t=10, warmup_lr_init=1e-6,
     # warmup_prefix=False), base lr 1e-3; values worked out by hand
-    lr = lambda step: train.timm_cosine_lr(step, 1e-3, total=100, warmup=10, lr_min=1e-4, warmup_lr_init=1e-6)
+    def lr(step):
+        return train.timm_cosine_lr(step, 1e-3, total=100, warmup=10, lr_min=1e-4, warmup_lr_init=1e-6)
+
     assert lr(0) == pytest.approx(1e-6, rel=1e-12)  # the first step runs at warmup_lr_init
     assert lr(5) == pytest.approx(5.005e-4, rel=1e-12)  # 1e-6 + 5 * 0.999e-3 / 10
     assert lr(9) == pytest.approx(9.001e-4, rel=1e-12)  # 1e-6 + 9 * 0.999e-4: never the peak itself
@@ -193,7 +208,9 @@ def test_harness_optimizer_decays_every_parameter(kind, preset):
     hp = PRESETS[preset].models[kind]
     model = train.build_model(kind, hp)
     optimizer = train.build_harness_optimizer(model, hp["lr"], hp["weight_decay"])
-    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == hp["weight_decay"] > 0 for p in g["params"]}
+    decayed = {
+        id(p) for g in optimizer.param_groups if g["weight_decay"] == hp["weight_decay"] > 0 for p in g["params"]
+    }
     named = dict(model.named_parameters())
     assert decayed == {id(p) for p in named.values()}
     assert all(g["betas"] == (0.9, 0.999) for g in optimizer.param_groups)
@@ -272,18 +289,24 @@ def test_a_diverged_run_is_reported_and_recorded(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["reproduce", "regbench", "--quick", "--out", str(out), "--no-progress", "--seeds", "0", "1"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "diverged (" in line and "seed=" in line]
-    assert lines == [f"gpt N=16 seed={s}: diverged (loss is nan at step 1); recorded as diverged in "
-                     f"{out / 'results.json'}" for s in (0, 1)]
+    assert lines == [
+        f"gpt N=16 seed={s}: diverged (loss is nan at step 1); recorded as diverged in {out / 'results.json'}"
+        for s in (0, 1)
+    ]
     results = json.loads((out / "results.json").read_text())
     diverged = [r for r in results["runs"] if r.get("diverged")]
     assert [(r["model"], r["num_train"], r["seed"], r["diverged"]) for r in diverged] == [
-        ("gpt", 16, 0, "loss is nan at step 1"), ("gpt", 16, 1, "loss is nan at step 1")]
+        ("gpt", 16, 0, "loss is nan at step 1"),
+        ("gpt", 16, 1, "loss is nan at step 1"),
+    ]
     assert set(results["summary"]) == {"mosaic"}  # diverged runs stay out of the summary
     assert results["summary"]["mosaic"]["16"]["seeds"] == [0, 1]
 
     # --resume keeps them as they are instead of training again
-    assert main(["reproduce", "regbench", "--quick", "--out", str(out), "--no-progress", "--seeds", "0", "1",
-                 "--resume"]) == 0
+    assert (
+        main(["reproduce", "regbench", "--quick", "--out", str(out), "--no-progress", "--seeds", "0", "1", "--resume"])
+        == 0
+    )
     assert "reused" in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
 

@@ -34,7 +34,9 @@ def _value_and_grads(fn, q, k, v):
 def test_kernel_matches_fp64_reference(T, D, Dv, min_lag, max_lag):
     q, k, v = _inputs(2, 3, T, D, Dv, scale=3.0)
     ref = _value_and_grads(lambda *t: causal_retrieval_reference(*t, min_lag, max_lag), q, k, v)
-    fast = _value_and_grads(lambda *t: small_head.small_head_retrieval(*t, min_lag, max_lag), q.float(), k.float(), v.float())
+    fast = _value_and_grads(
+        lambda *t: small_head.small_head_retrieval(*t, min_lag, max_lag), q.float(), k.float(), v.float()
+    )
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a.double(), b, atol=2e-4, rtol=1e-4)
     assert fast[0][:, :, :min_lag].abs().max() == 0  # no stored pair yet: output exactly 0

@@ -23,8 +23,26 @@ from memory_mosaics.training.trainer import Trainer
 NAMES = ["Tom", "Lily", "Ben", "Mia", "Sam", "Anna", "Max", "Zoe"]
 THINGS = ["a red ball", "a big dog", "a small cat", "a green tree", "a blue box", "a funny hat"]
 PLACES = ["the park", "the garden", "the house", "the beach", "the forest"]
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--context", "32", "--batch-size", "8",
-        "--tokenizer", "bpe:320", "--warmup", "2", "--lr", "1e-2", "--no-progress", "--no-tensorboard"]
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "32",
+    "--context",
+    "32",
+    "--batch-size",
+    "8",
+    "--tokenizer",
+    "bpe:320",
+    "--warmup",
+    "2",
+    "--lr",
+    "1e-2",
+    "--no-progress",
+    "--no-tensorboard",
+]
 
 
 def _stories(n, seed):
@@ -32,8 +50,10 @@ def _stories(n, seed):
     out = []
     for _ in range(n):
         who, what, where = r.choice(NAMES), r.choice(THINGS), r.choice(PLACES)
-        out.append(f"Once upon a time, {who} went to {where}. {who} saw {what}. {who} liked {what} very much. "
-                   f"Then {who} went home and was happy.")
+        out.append(
+            f"Once upon a time, {who} went to {where}. {who} saw {what}. {who} liked {what} very much. "
+            f"Then {who} went home and was happy."
+        )
     return "\n<|endoftext|>\n".join(out) + "\n"
 
 
@@ -55,10 +75,26 @@ def data(tmp_path_factory):
 
 
 def tiny_config(data, **overrides):
-    base = dict(train=data["train"], valid=data["valid"], cache_dir=data["cache"], tokenizer="bpe:320",
-                n_layer=1, n_head=2, n_embd=32, context=32, batch_size=8, max_steps=30, lr=1e-2, warmup=2,
-                eval_interval=10, eval_windows=16, log_interval=5, checkpoint_interval=10, progress=False,
-                tensorboard=False)
+    base = dict(
+        train=data["train"],
+        valid=data["valid"],
+        cache_dir=data["cache"],
+        tokenizer="bpe:320",
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        context=32,
+        batch_size=8,
+        max_steps=30,
+        lr=1e-2,
+        warmup=2,
+        eval_interval=10,
+        eval_windows=16,
+        log_interval=5,
+        checkpoint_interval=10,
+        progress=False,
+        tensorboard=False,
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -117,13 +153,16 @@ def test_sigkill_then_resume_reaches_the_same_weights(data, tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     subprocess.run([*base, *train_args(data, ref, *args)], env=env, check=True, capture_output=True, timeout=120)
 
-    proc = subprocess.Popen([*base, *train_args(data, run, *args)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*base, *train_args(data, run, *args)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 60
     try:
         while time.time() < deadline:  # kill between two checkpoints, after the first two
             metrics = run / "metrics.jsonl"
-            if metrics.is_file() and any(json.loads(row)["step"] >= 13 for row in metrics.read_text().splitlines()[:-1]):
+            if metrics.is_file() and any(
+                json.loads(row)["step"] >= 13 for row in metrics.read_text().splitlines()[:-1]
+            ):
                 break
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
@@ -133,8 +172,9 @@ def test_sigkill_then_resume_reaches_the_same_weights(data, tmp_path):
     killed_at = load_state(resolve_checkpoint(run))["step"]
     assert 10 <= killed_at < 150
 
-    done = subprocess.run([*base, *train_args(data, run, *args, "--resume")], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [*base, *train_args(data, run, *args, "--resume")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "resumed from" in done.stderr + done.stdout
     a, b = load_file(ref / "last" / "model.safetensors"), load_file(run / "last" / "model.safetensors")
@@ -150,12 +190,35 @@ def test_sigkill_then_resume_reaches_the_same_weights(data, tmp_path):
 
 
 def test_two_process_ddp_matches_one_process(data, tmp_path):
-    args = ["--valid", data["valid"], "--max-steps", "4", "--grad-accum", "2", "--dropout", "0",
-            "--eval-interval", "2", "--eval-windows", "16", "--log-interval", "1"]
+    args = [
+        "--valid",
+        data["valid"],
+        "--max-steps",
+        "4",
+        "--grad-accum",
+        "2",
+        "--dropout",
+        "0",
+        "--eval-interval",
+        "2",
+        "--eval-windows",
+        "16",
+        "--log-interval",
+        "1",
+    ]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     assert cli.main(train_args(data, single, *args)) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "memory_mosaics.cli", *train_args(data, ddp, *args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "memory_mosaics.cli",
+        *train_args(data, ddp, *args),
+    ]
     for _ in range(2):  # one retry: torchrun's rendezvous can fail transiently; the numbers below are strict
         shutil.rmtree(ddp, ignore_errors=True)
         done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=180)
@@ -172,8 +235,9 @@ def test_two_process_ddp_matches_one_process(data, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, capsys):
-    rc = cli.main(train_args(data, tmp_path, "--lr", "1e6", "--warmup", "0", "--max-steps", "30",
-                             "--checkpoint-interval", "1"))
+    rc = cli.main(
+        train_args(data, tmp_path, "--lr", "1e6", "--warmup", "0", "--max-steps", "30", "--checkpoint-interval", "1")
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert len(err) == 1 and "loss is nan" in err[0] and "the last good checkpoint is kept" in err[0], err
@@ -185,12 +249,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, capsy
 
 
 # ---------------------------------------------------------------------- configuration and CLI errors
-@pytest.mark.parametrize("extra, message", [
-    (["--model", "rnn"], "unknown model kind 'rnn'"),
-    (["--set", "n_layers=2"], "unknown config key(s): n_layers"),
-    (["--model-arg", "no_such_field=1"], "unknown MosaicConfig fields: no_such_field"),
-    (["--batch-size", "6", "--grad-accum", "4"], "must be divisible by grad_accum"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "rnn"], "unknown model kind 'rnn'"),
+        (["--set", "n_layers=2"], "unknown config key(s): n_layers"),
+        (["--model-arg", "no_such_field=1"], "unknown MosaicConfig fields: no_such_field"),
+        (["--batch-size", "6", "--grad-accum", "4"], "must be divisible by grad_accum"),
+    ],
+)
 def test_cli_bad_options_exit_2_with_one_line(data, tmp_path, capsys, extra, message):
     assert cli.main(train_args(data, tmp_path / "out", *extra)) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -215,13 +282,26 @@ def test_cli_missing_data_and_unknown_file_key(data, tmp_path, capsys):
 
 
 def test_config_resolution_order(tmp_path):
-    from memory_mosaics.commands.train import resolve_config
     from memory_mosaics.cli import build_parser
+    from memory_mosaics.commands.train import resolve_config
 
     toml = tmp_path / "c.toml"
     toml.write_text('model = "gpt"\nn_layer = 3\nbetas = [0.8, 0.9]\n[model_args]\nbias = true\n')
-    args = build_parser().parse_args(["train", "--config", str(toml), "--out", str(tmp_path), "--n-layer", "5",
-                                      "--set", "lr=0.5", "--model-arg", "block_size=64"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--config",
+            str(toml),
+            "--out",
+            str(tmp_path),
+            "--n-layer",
+            "5",
+            "--set",
+            "lr=0.5",
+            "--model-arg",
+            "block_size=64",
+        ]
+    )
     cfg = resolve_config(args)
     assert (cfg.model, cfg.n_layer, cfg.lr, cfg.betas) == ("gpt", 5, 0.5, (0.8, 0.9))
     assert cfg.model_args == {"bias": True, "block_size": 64}
@@ -231,8 +311,9 @@ def test_config_resolution_order(tmp_path):
         TrainConfig.from_dict({"n_layer": "two"})
 
 
-@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "preset", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")), ids=lambda p: p.name
+)
 def test_presets_load(preset):
     cfg = TrainConfig.from_file(preset)
     assert cfg.train.startswith("shared:") and cfg.batch_size % cfg.grad_accum == 0
@@ -249,8 +330,22 @@ def test_refuses_to_overwrite_a_run_without_resume(mosaic_run, data, capsys):
 def test_eval_writes_json_and_plot(mosaic_run, data, tmp_path, capsys):
     out, summary = mosaic_run
     result = tmp_path / "res" / "valid.json"
-    rc = cli.main(["eval", "--checkpoint", str(out), "--data", data["valid"], "--out", str(result),
-                   "--cache-dir", data["cache"], "--max-windows", "16", "--no-progress"])
+    rc = cli.main(
+        [
+            "eval",
+            "--checkpoint",
+            str(out),
+            "--data",
+            data["valid"],
+            "--out",
+            str(result),
+            "--cache-dir",
+            data["cache"],
+            "--max-windows",
+            "16",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     res = json.loads(result.read_text())
     assert {"loss", "perplexity", "loss_by_position"} <= set(res)
@@ -265,8 +360,12 @@ def test_eval_writes_json_and_plot(mosaic_run, data, tmp_path, capsys):
 
 def test_eval_errors(mosaic_run, data, tmp_path, capsys):
     out, _ = mosaic_run
-    assert cli.main(["eval", "--checkpoint", str(tmp_path / "nope"), "--data", data["valid"],
-                     "--out", str(tmp_path / "r.json")]) == 2
+    assert (
+        cli.main(
+            ["eval", "--checkpoint", str(tmp_path / "nope"), "--data", data["valid"], "--out", str(tmp_path / "r.json")]
+        )
+        == 2
+    )
     assert "checkpoint not found" in capsys.readouterr().err
 
 
@@ -286,14 +385,31 @@ def test_generate_streams_text(mosaic_run, monkeypatch):
     rec = Recorder()
     monkeypatch.setattr(sys, "stdout", rec)
     prompt = "Once upon a time, Tom went to the"
-    assert cli.main(["generate", "--checkpoint", str(out), "--prompt", prompt, "--max-new-tokens", "10",
-                     "--temperature", "0"]) == 0
+    assert (
+        cli.main(
+            ["generate", "--checkpoint", str(out), "--prompt", prompt, "--max-new-tokens", "10", "--temperature", "0"]
+        )
+        == 0
+    )
     text = "".join(rec.chunks)
     assert text.startswith(prompt) and len(text) > len(prompt) + 10, text
     assert len(rec.chunks) >= 8  # the prompt, then the continuation token by token
 
-    args = ["generate", "--checkpoint", str(out), "--prompt", prompt, "--max-new-tokens", "10",
-            "--temperature", "0.8", "--top-k", "20", "--seed", "0"]
+    args = [
+        "generate",
+        "--checkpoint",
+        str(out),
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "10",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "20",
+        "--seed",
+        "0",
+    ]
     rec.chunks.clear()
     assert cli.main(args) == 0
     first = "".join(rec.chunks)
@@ -303,8 +419,12 @@ def test_generate_streams_text(mosaic_run, monkeypatch):
 
     rec.chunks.clear()
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("Tom went to"))
-    assert cli.main(["generate", "--checkpoint", str(out / "last"), "--max-new-tokens", "5", "--temperature", "0",
-                     "--no-echo"]) == 0
+    assert (
+        cli.main(
+            ["generate", "--checkpoint", str(out / "last"), "--max-new-tokens", "5", "--temperature", "0", "--no-echo"]
+        )
+        == 0
+    )
     assert not "".join(rec.chunks).startswith("Tom went to")
 
 

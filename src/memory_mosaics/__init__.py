@@ -1,6 +1,6 @@
 """Memory Mosaics: networks of associative memories (Zhang et al., ICLR 2025; v2, NeurIPS 2025)."""
 
-from .models import GPTConfig, GPTLM, MosaicConfig, MosaicLM, load_pretrained
+from .models import GPTLM, GPTConfig, MosaicConfig, MosaicLM, load_pretrained
 
 __all__ = ["GPTConfig", "GPTLM", "MosaicConfig", "MosaicLM", "load_pretrained"]
 __version__ = "0.1.0"

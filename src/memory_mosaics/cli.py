@@ -31,7 +31,9 @@ def add_subcommands(parser: argparse.ArgumentParser, package, dest: str, name_at
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mosaics", description="Memory Mosaics: train, evaluate, generate, reproduce.")
+    parser = argparse.ArgumentParser(
+        prog="mosaics", description="Memory Mosaics: train, evaluate, generate, reproduce."
+    )
     add_subcommands(parser, commands, "command", "COMMAND")
     return parser
 

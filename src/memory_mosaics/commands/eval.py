@@ -17,8 +17,12 @@ HELP = "evaluate a checkpoint: loss, perplexity and loss by token position (JSON
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder or run directory (uses its 'last')")
-    parser.add_argument("--data", required=True, metavar="PATH", help="corpus to evaluate on (file, folder, .jsonl or shared:PATH)")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="DIR", help="checkpoint folder or run directory (uses its 'last')"
+    )
+    parser.add_argument(
+        "--data", required=True, metavar="PATH", help="corpus to evaluate on (file, folder, .jsonl or shared:PATH)"
+    )
     parser.add_argument("--out", required=True, metavar="FILE.json", help="where to write the results")
     parser.add_argument("--context", type=int, help="window length (default: the training context)")
     parser.add_argument("--max-windows", type=int, default=0, help="evenly spaced windows to use (0: all)")
@@ -35,13 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..data.sources import open_corpus, resolve_cache_dir
     from ..data.tokenizers import load_tokenizer
+    from ..eval.language import evaluate, plot_loss_by_position
     from ..models import load_pretrained
     from ..training.checkpoint import resolve_checkpoint
-    from ..data.sources import open_corpus, resolve_cache_dir
     from ..training.config import CONFIG_FILE
     from ..training.distributed import resolve_device
-    from ..eval.language import evaluate, plot_loss_by_position
     from ..training.trainer import amp_dtype
 
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -65,18 +69,33 @@ def run(args: argparse.Namespace) -> int:
     if args.dtype not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"unknown dtype {args.dtype!r}; expected auto, fp32, bf16 or fp16")
     model.to(device)
-    corpus = open_corpus(args.data, tokenizer, resolve_cache_dir(args.cache_dir), args.separator, args.text_field,
-                         progress=not args.no_progress)
-    result = evaluate(model, corpus, context, args.max_windows or None, args.batch_size, device,
-                      amp_dtype(args.dtype, device))
-    result = {**result, "context": context, "checkpoint": str(ckpt), "data": args.data,
-              "model_type": model.config.model_type, "parameters": model.num_params(),
-              "dtype": str(amp_dtype(args.dtype, device) or torch.float32).replace("torch.", "")}
+    corpus = open_corpus(
+        args.data,
+        tokenizer,
+        resolve_cache_dir(args.cache_dir),
+        args.separator,
+        args.text_field,
+        progress=not args.no_progress,
+    )
+    result = evaluate(
+        model, corpus, context, args.max_windows or None, args.batch_size, device, amp_dtype(args.dtype, device)
+    )
+    result = {
+        **result,
+        "context": context,
+        "checkpoint": str(ckpt),
+        "data": args.data,
+        "model_type": model.config.model_type,
+        "parameters": model.num_params(),
+        "dtype": str(amp_dtype(args.dtype, device) or torch.float32).replace("torch.", ""),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     label = f"{model.config.model_type} ({ckpt.parent.name}/{ckpt.name})"
     plotted = plot_loss_by_position({label: result["loss_by_position"]}, plot, title=f"{Path(args.data).name}")
-    print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  over {result['windows']} windows "
-          f"of {context} tokens -> {out}" + (f", {plot}" if plotted else ""))
+    print(
+        f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  over {result['windows']} windows "
+        f"of {context} tokens -> {out}" + (f", {plot}" if plotted else "")
+    )
     return 0

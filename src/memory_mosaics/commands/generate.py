@@ -16,7 +16,9 @@ HELP = "generate text from a checkpoint (prompt from --prompt or stdin), streame
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder or run directory (uses its 'last')")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="DIR", help="checkpoint folder or run directory (uses its 'last')"
+    )
     parser.add_argument("--prompt", help="prompt text (default: read from stdin; empty when stdin is a terminal)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if block is not None:  # a GPT's positions end at block_size: keep the prompt's tail
         if args.max_new_tokens >= block:
             raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be below the model's block_size {block}")
-        ids = ids[-(block - args.max_new_tokens):]
+        ids = ids[-(block - args.max_new_tokens) :]
     generator = None
     if args.seed is not None:
         generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -62,8 +64,14 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
     new: list[int] = []
     shown = 0
-    for token in model.iter_generate(torch.tensor([ids], device=device), args.max_new_tokens, args.temperature,
-                                     args.top_k, eos_token=tokenizer.eot_id, generator=generator):
+    for token in model.iter_generate(
+        torch.tensor([ids], device=device),
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        eos_token=tokenizer.eot_id,
+        generator=generator,
+    ):
         t = int(token[0, 0])
         if t == tokenizer.eot_id:
             break

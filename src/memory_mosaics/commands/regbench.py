@@ -26,8 +26,11 @@ HELP = "RegBench data (random regular languages) and in-context n-gram / oracle 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="regbench_command", required=True, metavar="SUBCOMMAND")
 
-    data = sub.add_parser("data", help="write the environments as JSON lines",
-                          description="Write every environment as one JSON line {split, automaton, tokens}.")
+    data = sub.add_parser(
+        "data",
+        help="write the environments as JSON lines",
+        description="Write every environment as one JSON line {split, automaton, tokens}.",
+    )
     data.add_argument("--num-train", type=int, required=True, help="number of training environments N")
     data.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     data.add_argument("--num-test", type=int, default=500, help="test environments (default 500)")
@@ -35,8 +38,11 @@ def add_arguments(parser) -> None:
     data.add_argument("--out", required=True, help="output .jsonl file")
     data.set_defaults(_regbench=run_data)
 
-    base = sub.add_parser("baselines", help="score the in-context n-grams and the oracle (JSON)",
-                          description="Accuracy and TVD of the in-context n-grams and the oracle on the test set.")
+    base = sub.add_parser(
+        "baselines",
+        help="score the in-context n-grams and the oracle (JSON)",
+        description="Accuracy and TVD of the in-context n-grams and the oracle on the test set.",
+    )
     base.add_argument("--num-envs", type=int, default=500, help="first test environments scored (default 500)")
     base.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     base.add_argument("--max-order", type=int, default=4, help="largest n of the n-grams (default 4)")
@@ -62,8 +68,7 @@ def run_data(args) -> int:
     write_jsonl(out, splits)
     counts = {name: len(envs) for name, envs in splits.items()}
     envs = [env for group in splits.values() for env in group]
-    report = {"out": str(out), "seed": args.seed, "counts": counts,
-              "seconds": round(time.perf_counter() - tic, 2)}
+    report = {"out": str(out), "seed": args.seed, "counts": counts, "seconds": round(time.perf_counter() - tic, 2)}
     if envs:
         report["stats"] = generator_stats(envs)
     print(json.dumps(report))

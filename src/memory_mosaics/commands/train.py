@@ -39,12 +39,23 @@ _HELP = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON file of TrainConfig keys")
     parser.add_argument("--out", metavar="DIR", help="run directory: checkpoints, metrics, resolved config")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/last (starts afresh when OUT has no checkpoint)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="set any config key (value read as JSON when it parses)")
-    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra model config field, e.g. key_extractor=gated, pmem_size=512")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUT/last (starts afresh when OUT has no checkpoint)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any config key (value read as JSON when it parses)",
+    )
+    parser.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra model config field, e.g. key_extractor=gated, pmem_size=512",
+    )
     group = parser.add_argument_group("config overrides")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "model_args":
@@ -69,8 +80,11 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         base = TrainConfig.from_file(saved)
     if args.config:
         base = TrainConfig.from_file(args.config, base)
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None}
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(args, f.name, None) is not None
+    }
     overrides.update(parse_assignment(item) for item in args.set)
     if args.model_arg:
         extra = dict(parse_assignment(item) for item in args.model_arg)

@@ -223,9 +223,7 @@ class Environment:
         return cls(data["split"], Automaton.from_json(data["automaton"]), list(data["tokens"]))
 
 
-def _draw_environments(
-    split: str, count: int, rng: np.random.Generator, seen: set[bytes]
-) -> list[Environment]:
+def _draw_environments(split: str, count: int, rng: np.random.Generator, seen: set[bytes]) -> list[Environment]:
     """Draw ``count`` environments with automata new to ``seen`` (updated in place)."""
     envs: list[Environment] = []
     attempts = 0
@@ -242,9 +240,7 @@ def _draw_environments(
     return envs
 
 
-def make_splits(
-    num_train: int, seed: int = 0, num_test: int = 500, num_val: int = 500
-) -> dict[str, list[Environment]]:
+def make_splits(num_train: int, seed: int = 0, num_test: int = 500, num_val: int = 500) -> dict[str, list[Environment]]:
     """Build the splits ``{"test", "validation", "train"}`` -> list of environments.
 
     Test then validation environments are drawn from one stream of the seed (independent of

@@ -29,7 +29,7 @@ def resolve_data_path(source: str) -> str:
     root = shared_data_dir()
     if root is None:
         raise ValueError(f"{source}: the shared data folder was not found (set MOSAICS_SHARED_DATA)")
-    return str(root / source[len("shared:"):])
+    return str(root / source[len("shared:") :])
 
 
 def resolve_cache_dir(cache_dir: str = "") -> Path:
@@ -45,8 +45,9 @@ def source_key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def build_tokenizer(spec: str, train: str, cache_root: Path, separator: str = "eot", text_field: str = "text",
-                    progress: bool = True) -> Tokenizer:
+def build_tokenizer(
+    spec: str, train: str, cache_root: Path, separator: str = "eot", text_field: str = "text", progress: bool = True
+) -> Tokenizer:
     """The tokenizer ``spec`` names; a ``bpe:N`` one is trained once on the ``train`` corpus and
     cached under ``cache_root`` (keyed by the spec and the corpus files' paths, sizes and times)."""
     if not spec.startswith("bpe:"):
@@ -65,11 +66,18 @@ def build_tokenizer(spec: str, train: str, cache_root: Path, separator: str = "e
     return tokenizer
 
 
-def open_corpus(source: str, tokenizer: Tokenizer, cache_root: Path, separator: str = "eot",
-                text_field: str = "text", progress: bool = True) -> TokenizedCorpus:
+def open_corpus(
+    source: str,
+    tokenizer: Tokenizer,
+    cache_root: Path,
+    separator: str = "eot",
+    text_field: str = "text",
+    progress: bool = True,
+) -> TokenizedCorpus:
     """``source`` tokenised by ``tokenizer``, cached under ``cache_root`` (one folder per source and tokenizer)."""
     source = resolve_data_path(source)
     key = source_key(os.path.abspath(source), tokenizer.fingerprint, separator, text_field)
     directory = cache_root / f"tokens-{Path(source).stem or 'corpus'}-{key}"
-    return TokenizedCorpus.build_or_load(source, tokenizer, directory, separator=separator, text_field=text_field,
-                                         progress=progress)
+    return TokenizedCorpus.build_or_load(
+        source, tokenizer, directory, separator=separator, text_field=text_field, progress=progress
+    )

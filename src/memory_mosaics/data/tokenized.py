@@ -15,8 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 from tqdm.auto import tqdm
 
 from ..io import atomic_write, atomic_write_text
@@ -41,14 +41,22 @@ class TokenizedCorpus:
     def __init__(self, cache_dir: str | os.PathLike, built: bool = False):
         self.cache_dir = Path(cache_dir)
         self.manifest = json.loads((self.cache_dir / MANIFEST_FILE).read_text())
-        self.tokens = np.memmap(self.cache_dir / TOKENS_FILE, dtype=self.manifest["dtype"], mode="r",
-                                shape=(self.manifest["num_tokens"],))
+        self.tokens = np.memmap(
+            self.cache_dir / TOKENS_FILE, dtype=self.manifest["dtype"], mode="r", shape=(self.manifest["num_tokens"],)
+        )
         self.built = built
 
     @classmethod
-    def build_or_load(cls, source: str | os.PathLike | Sequence[str], tokenizer: Tokenizer,
-                      cache_dir: str | os.PathLike, *, separator: str = "eot", text_field: str = "text",
-                      progress: bool = True) -> TokenizedCorpus:
+    def build_or_load(
+        cls,
+        source: str | os.PathLike | Sequence[str],
+        tokenizer: Tokenizer,
+        cache_dir: str | os.PathLike,
+        *,
+        separator: str = "eot",
+        text_field: str = "text",
+        progress: bool = True,
+    ) -> TokenizedCorpus:
         """Open the cache in ``cache_dir``, first (re)building it if it does not match.
 
         ``source`` is a list of documents or anything :func:`~memory_mosaics.data.corpus.read_documents`
@@ -63,10 +71,14 @@ class TokenizedCorpus:
             docs = list(source)
             if not docs:
                 raise ValueError("empty corpus: the document list is empty")
-        key = {"format_version": FORMAT_VERSION,
-               "source_sha256": _files_sha256(files) if docs is None else _documents_sha256(docs),
-               "separator": separator, "text_field": text_field, "tokenizer": tokenizer.fingerprint,
-               "dtype": "uint16" if tokenizer.vocab_size <= 2**16 else "uint32"}
+        key = {
+            "format_version": FORMAT_VERSION,
+            "source_sha256": _files_sha256(files) if docs is None else _documents_sha256(docs),
+            "separator": separator,
+            "text_field": text_field,
+            "tokenizer": tokenizer.fingerprint,
+            "dtype": "uint16" if tokenizer.vocab_size <= 2**16 else "uint32",
+        }
         if _cache_matches(cache_dir, key):
             return cls(cache_dir)
         if docs is None:
@@ -82,8 +94,9 @@ class TokenizedCorpus:
     def num_documents(self) -> int:
         return self.manifest["num_documents"]
 
-    def random_crops(self, batch_size: int, context: int,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def random_crops(
+        self, batch_size: int, context: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (x, y), LongTensors of shape (batch_size, context): random windows of the stream,
         y being x shifted left by one token (y[:, t] is the token after x[:, t]).
 
@@ -99,8 +112,9 @@ class TokenizedCorpus:
         self._check_context(context)
         return (len(self.tokens) - 1) // context
 
-    def eval_windows(self, context: int, max_windows: int | None = None,
-                     batch_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_windows(
+        self, context: int, max_windows: int | None = None, batch_size: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (x, y) LongTensors of shape (b, context), b <= batch_size, in stream order.
 
         Window i has x = tokens[i*context : (i+1)*context] and y = x shifted by one token, so the
@@ -113,7 +127,7 @@ class TokenizedCorpus:
         else:
             index = np.arange(max_windows) * n // max_windows
         for i in range(0, len(index), batch_size):
-            yield self._windows(index[i:i + batch_size] * context, context)
+            yield self._windows(index[i : i + batch_size] * context, context)
 
     def _windows(self, starts: np.ndarray, context: int) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens[s : s + context + 1] for all starts s, in one indexing op -> (x, y), each (len(starts), context)."""
@@ -124,8 +138,10 @@ class TokenizedCorpus:
         if context < 1:
             raise ValueError(f"context must be a positive number of tokens, got {context}")
         if len(self.tokens) < context + 1:
-            raise ValueError(f"corpus in {self.cache_dir} has {len(self.tokens)} tokens, too few for context "
-                             f"{context} (needs at least {context + 1}); use a larger corpus or a shorter context")
+            raise ValueError(
+                f"corpus in {self.cache_dir} has {len(self.tokens)} tokens, too few for context "
+                f"{context} (needs at least {context + 1}); use a larger corpus or a shorter context"
+            )
 
 
 def _build(cache_dir: Path, docs: Sequence[str], tokenizer: Tokenizer, key: dict, label: str, progress: bool) -> None:
@@ -136,11 +152,13 @@ def _build(cache_dir: Path, docs: Sequence[str], tokenizer: Tokenizer, key: dict
 
     def write_tokens(tmp: str) -> None:
         nonlocal num_tokens
-        with open(tmp, "wb") as out, tqdm(total=len(docs), unit="doc", desc=f"tokenising {label}",
-                                          disable=not progress) as bar:
+        with (
+            open(tmp, "wb") as out,
+            tqdm(total=len(docs), unit="doc", desc=f"tokenising {label}", disable=not progress) as bar,
+        ):
             for i in range(0, len(docs), ENCODE_BATCH_DOCS):
                 flat: list[int] = []
-                for ids in tokenizer.encode_batch(docs[i:i + ENCODE_BATCH_DOCS]):
+                for ids in tokenizer.encode_batch(docs[i : i + ENCODE_BATCH_DOCS]):
                     flat.extend(ids)
                     flat.append(tokenizer.eot_id)
                 np.asarray(flat, dtype=key["dtype"]).tofile(out)
@@ -148,9 +166,15 @@ def _build(cache_dir: Path, docs: Sequence[str], tokenizer: Tokenizer, key: dict
                 bar.update(min(ENCODE_BATCH_DOCS, len(docs) - i))
 
     atomic_write(cache_dir / TOKENS_FILE, write_tokens)
-    manifest = {**key, "source": label, "tokenizer_class": type(tokenizer).__name__,
-                "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
-                "num_tokens": num_tokens, "num_documents": len(docs)}
+    manifest = {
+        **key,
+        "source": label,
+        "tokenizer_class": type(tokenizer).__name__,
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "num_tokens": num_tokens,
+        "num_documents": len(docs),
+    }
     atomic_write_text(cache_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
 
 
@@ -160,8 +184,10 @@ def _cache_matches(cache_dir: Path, key: dict) -> bool:
         size = (cache_dir / TOKENS_FILE).stat().st_size
     except (OSError, json.JSONDecodeError):
         return False
-    return (all(manifest.get(k) == key[k] for k in _KEY_FIELDS)
-            and size == manifest.get("num_tokens", -1) * np.dtype(key["dtype"]).itemsize)
+    return (
+        all(manifest.get(k) == key[k] for k in _KEY_FIELDS)
+        and size == manifest.get("num_tokens", -1) * np.dtype(key["dtype"]).itemsize
+    )
 
 
 def _files_sha256(files: Sequence[Path]) -> str:

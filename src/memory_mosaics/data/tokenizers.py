@@ -72,8 +72,13 @@ class GPT2Tokenizer(Tokenizer):
         self.ranks_path = path.resolve()
         self.ranks_sha256 = hashlib.sha256(data).hexdigest()
         ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in data.splitlines() if line)}
-        self._enc = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                                      special_tokens={EOT: GPT2_EOT_ID}, explicit_n_vocab=GPT2_EOT_ID + 1)
+        self._enc = tiktoken.Encoding(
+            name="gpt2",
+            pat_str=GPT2_PATTERN,
+            mergeable_ranks=ranks,
+            special_tokens={EOT: GPT2_EOT_ID},
+            explicit_n_vocab=GPT2_EOT_ID + 1,
+        )
         self.vocab_size = self._enc.n_vocab
         self.eot_id = GPT2_EOT_ID
 
@@ -91,8 +96,13 @@ class GPT2Tokenizer(Tokenizer):
         return f"gpt2-tiktoken:{self.ranks_sha256}"
 
     def save(self, directory: str | os.PathLike) -> Path:
-        spec = {"format": GPT2_FORMAT, "ranks_path": str(self.ranks_path), "ranks_sha256": self.ranks_sha256,
-                "vocab_size": self.vocab_size, "eot_id": self.eot_id}
+        spec = {
+            "format": GPT2_FORMAT,
+            "ranks_path": str(self.ranks_path),
+            "ranks_sha256": self.ranks_sha256,
+            "vocab_size": self.vocab_size,
+            "eot_id": self.eot_id,
+        }
         return _write_spec(directory, json.dumps(spec, indent=1))
 
     @classmethod
@@ -102,12 +112,15 @@ class GPT2Tokenizer(Tokenizer):
         if not path.is_file() and shared_data_dir() is not None:
             path = _default_ranks_path()
         if not path.is_file():
-            raise ValueError(f"GPT-2 ranks file {spec['ranks_path']} named in {spec_path} is missing; "
-                             f"restore it or set MOSAICS_SHARED_DATA to a folder holding tokenizers/gpt2.tiktoken")
+            raise ValueError(
+                f"GPT-2 ranks file {spec['ranks_path']} named in {spec_path} is missing; "
+                f"restore it or set MOSAICS_SHARED_DATA to a folder holding tokenizers/gpt2.tiktoken"
+            )
         tok = cls(path)
         if tok.ranks_sha256 != spec["ranks_sha256"]:
-            raise ValueError(f"GPT-2 ranks file {path} has sha256 {tok.ranks_sha256}, but {spec_path} "
-                             f"expects {spec['ranks_sha256']}")
+            raise ValueError(
+                f"GPT-2 ranks file {path} has sha256 {tok.ranks_sha256}, but {spec_path} expects {spec['ranks_sha256']}"
+            )
         return tok
 
 
@@ -157,8 +170,13 @@ def train_bpe(documents: Sequence[str], vocab_size: int, min_frequency: int = 2)
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOT],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(documents, trainer, length=len(documents))
     return BPETokenizer(tok)
 
@@ -200,8 +218,10 @@ def tokenizer_from_spec(spec: str, documents: Sequence[str] | None = None) -> To
 def _default_ranks_path() -> Path:
     root = shared_data_dir()
     if root is None:
-        raise ValueError("no GPT-2 ranks file given and the shared data folder was not found; "
-                         "pass gpt2:PATH_TO/gpt2.tiktoken or set MOSAICS_SHARED_DATA")
+        raise ValueError(
+            "no GPT-2 ranks file given and the shared data folder was not found; "
+            "pass gpt2:PATH_TO/gpt2.tiktoken or set MOSAICS_SHARED_DATA"
+        )
     return root / "tokenizers" / "gpt2.tiktoken"
 
 

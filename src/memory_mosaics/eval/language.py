@@ -23,9 +23,17 @@ from ..training import distributed
 
 
 @torch.no_grad()
-def position_loss_sums(model: nn.Module, corpus: TokenizedCorpus, context: int, max_windows: int | None = None,
-                       batch_size: int = 8, device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
-                       rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, int]:
+def position_loss_sums(
+    model: nn.Module,
+    corpus: TokenizedCorpus,
+    context: int,
+    max_windows: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[torch.Tensor, int]:
     """Sum over windows of the loss at each position, (context,) float64, and the number of windows.
 
     ``amp_dtype`` (bf16/fp16) runs the forward pass under autocast. With ``world_size`` > 1 this
@@ -57,13 +65,25 @@ def summarize(sums: torch.Tensor, count: int) -> dict[str, Any]:
         raise ValueError("no evaluation windows: the corpus is shorter than one context")
     by_position = (sums / count).cpu()
     loss = float(by_position.mean())
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "loss_by_position": by_position.tolist(),
-            "windows": count, "tokens": count * len(by_position)}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "loss_by_position": by_position.tolist(),
+        "windows": count,
+        "tokens": count * len(by_position),
+    }
 
 
-def evaluate(model: nn.Module, corpus: TokenizedCorpus, context: int, max_windows: int | None = None,
-             batch_size: int = 8, device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
-             dist: distributed.Dist | None = None) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    corpus: TokenizedCorpus,
+    context: int,
+    max_windows: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    dist: distributed.Dist | None = None,
+) -> dict[str, Any]:
     """Loss, perplexity and loss by position over the corpus's windows, shared out over ``dist``'s processes."""
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     sums, count = position_loss_sums(model, corpus, context, max_windows, batch_size, device, amp_dtype, rank, world)

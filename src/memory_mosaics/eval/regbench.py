@@ -110,9 +110,7 @@ def accuracy_and_tvd(
     }
 
 
-def pooled_accuracy_and_tvd(
-    preds: Sequence[np.ndarray], trues: Sequence[np.ndarray]
-) -> dict[str, float]:
+def pooled_accuracy_and_tvd(preds: Sequence[np.ndarray], trues: Sequence[np.ndarray]) -> dict[str, float]:
     """:func:`accuracy_and_tvd` pooled over environments of different lengths ((T_i, 20) each)."""
     return accuracy_and_tvd(np.concatenate(preds), np.concatenate(trues))
 
@@ -215,10 +213,7 @@ def baselines(envs: Sequence[Environment], max_order: int = 4) -> dict[str, dict
     """Metrics of the in-context n-grams (1..max_order) and of the oracle, pooled over ``envs``."""
     trues = [true_next_distributions(env.automaton, env.tokens) for env in envs]
     grams = [ngram_distributions(env.tokens, max_order) for env in envs]
-    report = {
-        f"{n}-gram": pooled_accuracy_and_tvd([g[n - 1] for g in grams], trues)
-        for n in range(1, max_order + 1)
-    }
+    report = {f"{n}-gram": pooled_accuracy_and_tvd([g[n - 1] for g in grams], trues) for n in range(1, max_order + 1)}
     report["oracle"] = pooled_accuracy_and_tvd(trues, trues)
     return report
 
@@ -226,8 +221,9 @@ def baselines(envs: Sequence[Environment], max_order: int = 4) -> dict[str, dict
 # --- scoring a model ------------------------------------------------------------------------------
 
 
-def batches(envs: Sequence[Environment], batch_size: int,
-            order: Sequence[int] | None = None) -> Iterator[tuple[list[Environment], torch.Tensor, torch.Tensor]]:
+def batches(
+    envs: Sequence[Environment], batch_size: int, order: Sequence[int] | None = None
+) -> Iterator[tuple[list[Environment], torch.Tensor, torch.Tensor]]:
     """Yield (envs, inputs (B, T), labels (B, T)) padded per batch, in ``order`` (default: as given)."""
     order = list(range(len(envs)) if order is None else order)
     for start in range(0, len(order), batch_size):
@@ -242,8 +238,13 @@ def by_length(envs: Sequence[Environment]) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, envs: Sequence[Environment], batch_size: int = 32,
-             device: str | torch.device = "cpu", metrics: bool = True) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module,
+    envs: Sequence[Environment],
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    metrics: bool = True,
+) -> dict[str, float]:
     """Loss and (with ``metrics``) pooled accuracy / TVD / L1 of ``model`` on ``envs``.
 
     ``model(inputs)`` must return logits (B, T, 20). The model's distribution at each position is the
@@ -265,8 +266,9 @@ def evaluate(model: torch.nn.Module, envs: Sequence[Environment], batch_size: in
             label_count += int(valid.sum())
             if metrics:
                 probs = torch.softmax(logits, dim=-1).cpu().numpy()
-                true, mask = true_distributions_batch([e.automaton for e in chunk], [e.tokens for e in chunk],
-                                                      length=inputs.shape[1])
+                true, mask = true_distributions_batch(
+                    [e.automaton for e in chunk], [e.tokens for e in chunk], length=inputs.shape[1]
+                )
                 batch = accuracy_and_tvd(probs, true, mask)
                 for key in sums:
                     sums[key] += batch[key] * batch["positions"]

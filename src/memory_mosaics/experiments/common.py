@@ -36,23 +36,44 @@ def seed_list(text: str) -> list[int]:
     return list(range(lo, hi + 1))
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, name: str, models: Sequence[str],
-                         default_models: Sequence[str] | None = None, default_seeds: Sequence[int] | None = (0,),
-                         default_threads: int = 0) -> None:
+def add_common_arguments(
+    parser: argparse.ArgumentParser,
+    name: str,
+    models: Sequence[str],
+    default_models: Sequence[str] | None = None,
+    default_seeds: Sequence[int] | None = (0,),
+    default_threads: int = 0,
+) -> None:
     """The flags every experiment takes (module docstring). ``default_seeds=None``: the experiment
     picks them (``args.seeds`` is None unless given)."""
     seeds_default = None if default_seeds is None else [list(default_seeds)]
     shown = "the preset's" if default_seeds is None else " ".join(map(str, default_seeds))
-    parser.add_argument("--seeds", type=seed_list, nargs="+", default=seeds_default, metavar="S",
-                        help=f"seeds, e.g. 0 1 2 or 0-4 (default: {shown})")
-    parser.add_argument("--models", nargs="+", choices=list(models), default=list(default_models or models),
-                        help="models to run (default: %(default)s)")
+    parser.add_argument(
+        "--seeds",
+        type=seed_list,
+        nargs="+",
+        default=seeds_default,
+        metavar="S",
+        help=f"seeds, e.g. 0 1 2 or 0-4 (default: {shown})",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(models),
+        default=list(default_models or models),
+        help="models to run (default: %(default)s)",
+    )
     parser.add_argument("--out", default=f"runs/{name}", help="output folder (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=default_threads,
-                        help="torch CPU threads per process, 0 = PyTorch's default (default: %(default)s)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads,
+        help="torch CPU threads per process, 0 = PyTorch's default (default: %(default)s)",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                        help="progress bars (default: on)")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars (default: on)"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny end-to-end run (tests)")
 
 

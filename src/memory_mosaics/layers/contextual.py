@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..ops.retrieval import causal_retrieval, causal_retrieval_weights, memory_readout
 from ..common import GrowingBuffer, merge_heads
+from ..ops.retrieval import causal_retrieval, causal_retrieval_weights, memory_readout
 from .extractors import PeekValue, inverse_norm
 
 
@@ -81,8 +81,9 @@ class ContextualMemory(nn.Module):
         lo = torch.zeros_like(t) if self.max_lag is None else (t - self.max_lag).clamp(min=0)
         return (hi - lo).clamp(min=0)
 
-    def _keys_and_queries(self, x: Tensor, t: Tensor, state: Tensor | None,
-                          min_lag: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _keys_and_queries(
+        self, x: Tensor, t: Tensor, state: Tensor | None, min_lag: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Keys k_t (unit norm if normalize_keys) and queries q_t = beta(n_t) k_t, both (B, H, T, Dh)."""
         kbar, key_state = self.key(x, state)
         beta = self.bandwidth(self.visible_pairs(t, min_lag)).to(kbar.dtype)[None, :, :, None]  # (1, 1|H, T, 1)

@@ -33,13 +33,21 @@ class ShortLongMemory(nn.Module):
     """Args: short, long: :class:`ContextualMemory` with identity output projections;
     proj: W_o, (B, T, 2 d) -> (B, T, d); long_skip: (m_lo, m_hi)."""
 
-    def __init__(self, short: ContextualMemory, long: ContextualMemory, proj: nn.Module, long_skip: tuple[int, int],
-                 resid_dropout: float = 0.0):
+    def __init__(
+        self,
+        short: ContextualMemory,
+        long: ContextualMemory,
+        proj: nn.Module,
+        long_skip: tuple[int, int],
+        resid_dropout: float = 0.0,
+    ):
         super().__init__()
         if not 1 <= long_skip[0] <= long_skip[1]:
             raise ValueError(f"long_skip must satisfy 1 <= m_lo <= m_hi, got {long_skip}")
         if long.min_lag != long_skip[0]:
-            raise ValueError(f"the long-term memory's min_lag ({long.min_lag}) must be m_lo ({long_skip[0]}), its value at inference")
+            raise ValueError(
+                f"the long-term memory's min_lag ({long.min_lag}) must be m_lo ({long_skip[0]}), its value at inference"
+            )
         self.short, self.long, self.c_proj = short, long, proj
         self.long_skip = tuple(long_skip)
         self.resid_dropout = nn.Dropout(resid_dropout)

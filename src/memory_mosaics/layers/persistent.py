@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..ops.retrieval import memory_readout
 from ..common import merge_heads
+from ..ops.retrieval import memory_readout
 from .extractors import EXP_SCALE, inverse_norm
 
 

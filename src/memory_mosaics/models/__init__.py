@@ -2,9 +2,19 @@
 registry of model kinds."""
 
 from .base import LanguageModel, ModelConfig
-from .gpt import GPTConfig, GPTLM
+from .gpt import GPTLM, GPTConfig
 from .mosaic import MosaicConfig, MosaicLM
 from .registry import load_pretrained, lookup, model_kinds, register
 
-__all__ = ["LanguageModel", "ModelConfig", "GPTConfig", "GPTLM", "MosaicConfig", "MosaicLM", "load_pretrained",
-           "lookup", "model_kinds", "register"]
+__all__ = [
+    "LanguageModel",
+    "ModelConfig",
+    "GPTConfig",
+    "GPTLM",
+    "MosaicConfig",
+    "MosaicLM",
+    "load_pretrained",
+    "lookup",
+    "model_kinds",
+    "register",
+]

@@ -62,8 +62,13 @@ class ModelConfig:
     def from_training(cls, train: Any, vocab_size: int) -> "ModelConfig":
         """The config of a model trained with ``train`` (a ``TrainConfig``) on ``vocab_size`` ids:
         the shared sizes, then the kind's own fields (:meth:`training_fields`), then ``train.model_args``."""
-        shared = {"vocab_size": vocab_size, "n_layer": train.n_layer, "n_head": train.n_head,
-                  "n_embd": train.n_embd, "dropout": train.dropout}
+        shared = {
+            "vocab_size": vocab_size,
+            "n_layer": train.n_layer,
+            "n_head": train.n_head,
+            "n_embd": train.n_embd,
+            "dropout": train.dropout,
+        }
         return cls.from_dict({**shared, **cls.training_fields(train), **train.model_args})
 
     @classmethod
@@ -234,8 +239,15 @@ class LanguageModel(nn.Module, abc.ABC):
         finally:
             self.train(was_training)
 
-    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 eos_token: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        eos_token: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + n)."""
         new = list(self.iter_generate(idx, max_new_tokens, temperature, top_k, eos_token, generator))
         return torch.cat([idx.long(), *new], dim=1)

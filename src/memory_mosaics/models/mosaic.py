@@ -79,8 +79,12 @@ class MosaicConfig(ModelConfig):
             self.pmem_attn_dropout = self.attn_dropout
         self._check_probability("dropout", "attn_dropout", "pmem_attn_dropout")
         self._check_heads()
-        for name, choices in (("embedding_init", EMBEDDING_INITS), ("key_extractor", KEY_EXTRACTORS),
-                              ("bandwidth", BANDWIDTHS), ("persistent", PERSISTENT)):
+        for name, choices in (
+            ("embedding_init", EMBEDDING_INITS),
+            ("key_extractor", KEY_EXTRACTORS),
+            ("bandwidth", BANDWIDTHS),
+            ("persistent", PERSISTENT),
+        ):
             self._check_choice(name, choices)
         if self.short_term_window is not None:
             self._check_positive("short_term_window", "long_term_skip_min", "long_term_skip_max")

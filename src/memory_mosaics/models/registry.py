@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .base import CONFIG_NAME, LanguageModel, ModelConfig
-from .gpt import GPTConfig, GPTLM
+from .gpt import GPTLM, GPTConfig
 from .mosaic import MosaicConfig, MosaicLM
 
 REGISTRY: dict[str, tuple[type[ModelConfig], type[LanguageModel]]] = {}

@@ -56,7 +56,9 @@ def leaky_average_chunked(
     if T == 0:
         return x
     if T == 1:  # one decoding step: the recurrence itself
-        return x if state is None else x + _broadcast_decay(x, log_decay).exp().to(x.dtype)[..., None] * state[:, :, None]
+        return (
+            x if state is None else x + _broadcast_decay(x, log_decay).exp().to(x.dtype)[..., None] * state[:, :, None]
+        )
     C = min(chunk, T)
     N = -(-T // C)  # number of chunks
     pad = N * C - T

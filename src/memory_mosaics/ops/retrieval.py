@@ -49,9 +49,7 @@ def causal_retrieval_weights(q: Tensor, k: Tensor, min_lag: int = 1, max_lag: in
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no pair -> 0
 
 
-def causal_retrieval_reference(
-    q: Tensor, k: Tensor, v: Tensor, min_lag: int = 1, max_lag: int | None = None
-) -> Tensor:
+def causal_retrieval_reference(q: Tensor, k: Tensor, v: Tensor, min_lag: int = 1, max_lag: int | None = None) -> Tensor:
     """Literal formula: the (T, T) weights of :func:`causal_retrieval_weights` times v."""
     return causal_retrieval_weights(q, k, min_lag, max_lag) @ v
 

@@ -41,8 +41,15 @@ def checkpoint_name(step: int) -> str:
     return f"{_PREFIX}{step:08d}"
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, tokenizer, config: TrainConfig,
-                    state: dict[str, Any], links: tuple[str, ...] = ("last",)) -> Path:
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    tokenizer,
+    config: TrainConfig,
+    state: dict[str, Any],
+    links: tuple[str, ...] = ("last",),
+) -> Path:
     """Write the checkpoint of ``step`` and point ``links`` at it; return its folder.
 
     ``model`` is the bare :class:`~memory_mosaics.models.LanguageModel` (not a DDP wrapper).
@@ -81,8 +88,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         return (path / "last").resolve()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    raise ValueError(f"{path} is neither a checkpoint (no {CONFIG_NAME}/{WEIGHTS_NAME}) nor a run directory "
-                     "with a 'last' checkpoint")
+    raise ValueError(
+        f"{path} is neither a checkpoint (no {CONFIG_NAME}/{WEIGHTS_NAME}) nor a run directory with a 'last' checkpoint"
+    )
 
 
 def load_state(ckpt: str | os.PathLike) -> dict[str, Any]:

@@ -81,12 +81,29 @@ class TrainConfig:
         lookup(self.model)  # an unknown kind raises, naming the registered ones
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
-        for name in ("n_layer", "n_head", "n_embd", "context", "vocab_multiple", "batch_size", "grad_accum",
-                     "max_steps", "log_interval", "eval_batch_size"):
+        for name in (
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "context",
+            "vocab_multiple",
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "log_interval",
+            "eval_batch_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("warmup", "eval_interval", "eval_windows", "checkpoint_interval", "grad_clip", "weight_decay",
-                     "threads"):
+        for name in (
+            "warmup",
+            "eval_interval",
+            "eval_windows",
+            "checkpoint_interval",
+            "grad_clip",
+            "weight_decay",
+            "threads",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -150,8 +167,9 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             try:
                 import tomli as tomllib
             except ImportError:
-                raise ValueError(f"reading {path} needs Python >= 3.11 or the tomli package; "
-                                 "or write the config as JSON") from None
+                raise ValueError(
+                    f"reading {path} needs Python >= 3.11 or the tomli package; or write the config as JSON"
+                ) from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:

@@ -35,23 +35,34 @@ class StepResult:
 
 class OptimizerStep:
     """Args:
-        model: whose parameters are clipped.
-        optimizer: any ``torch.optim.Optimizer``.
-        schedule: ``step -> learning rate`` (0-based step).
-        grad_clip: max gradient norm (0: no clipping).
-        scaler: a ``torch.amp.GradScaler`` (fp16), or None.
-        reduce: applied to the summed micro-batch loss (e.g. an all-reduce over processes).
+    model: whose parameters are clipped.
+    optimizer: any ``torch.optim.Optimizer``.
+    schedule: ``step -> learning rate`` (0-based step).
+    grad_clip: max gradient norm (0: no clipping).
+    scaler: a ``torch.amp.GradScaler`` (fp16), or None.
+    reduce: applied to the summed micro-batch loss (e.g. an all-reduce over processes).
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Callable[[int], float],
-                 grad_clip: float = 0.0, scaler: torch.amp.GradScaler | None = None,
-                 reduce: Callable[[Tensor], Tensor] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Callable[[int], float],
+        grad_clip: float = 0.0,
+        scaler: torch.amp.GradScaler | None = None,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.grad_clip, self.reduce = grad_clip, reduce
         self.scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
 
-    def __call__(self, step: int, loss_fn: Callable[[int], Tensor], micro_batches: int = 1,
-                 context: Callable[[int], ContextManager] = lambda a: nullcontext()) -> StepResult:
+    def __call__(
+        self,
+        step: int,
+        loss_fn: Callable[[int], Tensor],
+        micro_batches: int = 1,
+        context: Callable[[int], ContextManager] = lambda a: nullcontext(),
+    ) -> StepResult:
         """Take optimiser step ``step``: ``loss_fn(a)`` is the loss of micro-batch ``a``, computed and
         back-propagated inside ``context(a)`` (e.g. DDP's ``no_sync`` for all but the last)."""
         lr = self.schedule(step)

@@ -17,8 +17,9 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
-def warmup_cosine(step: int, max_lr: float, min_lr: float, warmup: int, total: int, warmup_start: float = 0.0,
-                  from_zero: bool = False) -> float:
+def warmup_cosine(
+    step: int, max_lr: float, min_lr: float, warmup: int, total: int, warmup_start: float = 0.0, from_zero: bool = False
+) -> float:
     """Learning rate at ``step`` (0-based): linear warm-up from ``warmup_start`` to ``max_lr`` over
     ``warmup`` steps, then cosine decay to ``min_lr`` at ``total``; ``min_lr`` afterwards.
 

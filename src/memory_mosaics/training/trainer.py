@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 
 from ..data.sources import build_tokenizer, open_corpus, resolve_cache_dir
 from ..data.tokenizers import load_tokenizer
+from ..eval.language import evaluate
 from ..models import lookup
 from . import distributed
 from .checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint
 from .config import TrainConfig
-from ..eval.language import evaluate
 from .loop import OptimizerStep, TrainingDiverged
 from .optim import build_optimizer, warmup_cosine
 
@@ -54,8 +54,18 @@ def amp_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
 class MetricsLog:
     """Rows of metrics appended to ``metrics.jsonl`` and ``metrics.csv`` (and TensorBoard if installed)."""
 
-    FIELDS = ("step", "split", "loss", "perplexity", "lr", "grad_norm", "tokens", "tokens_per_s",
-              "data_fraction", "elapsed_s")
+    FIELDS = (
+        "step",
+        "split",
+        "loss",
+        "perplexity",
+        "lr",
+        "grad_norm",
+        "tokens",
+        "tokens_per_s",
+        "data_fraction",
+        "elapsed_s",
+    )
 
     def __init__(self, out_dir: Path, resume_step: int | None, tensorboard: bool = True):
         self.jsonl_path, self.csv_path = out_dir / "metrics.jsonl", out_dir / "metrics.csv"
@@ -115,8 +125,13 @@ class Trainer:
     otherwise); without it, an ``out_dir`` that already holds a checkpoint is refused.
     """
 
-    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
-                 log: Callable[[str], None] = tqdm.write):
+    def __init__(
+        self,
+        config: TrainConfig,
+        out_dir: str | os.PathLike,
+        resume: bool = False,
+        log: Callable[[str], None] = tqdm.write,
+    ):
         cfg = self.cfg = config
         self.out = Path(out_dir)
         if cfg.threads:
@@ -128,22 +143,34 @@ class Trainer:
             raise ValueError("no training data: pass --data PATH or set `train` in the config file")
         self.micro_batch, rest = divmod(cfg.batch_size, cfg.grad_accum * d.world_size)
         if rest or not self.micro_batch:
-            raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of grad_accum x processes "
-                             f"= {cfg.grad_accum} x {d.world_size}")
+            raise ValueError(
+                f"batch_size {cfg.batch_size} is not a multiple of grad_accum x processes "
+                f"= {cfg.grad_accum} x {d.world_size}"
+            )
         ckpt = latest_checkpoint(self.out)
         if ckpt is not None and not resume:
-            raise ValueError(f"{self.out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+            raise ValueError(
+                f"{self.out} already holds a checkpoint; pass --resume to continue it or choose another --out"
+            )
         self.amp_dtype = amp_dtype(cfg.dtype, self.device)
         progress = cfg.progress and d.is_main
 
         # data (rank 0 builds the caches, the others then read them)
         cache_root = resolve_cache_dir(cfg.cache_dir)
         with distributed.main_first(d):
-            self.tokenizer = (load_tokenizer(ckpt) if ckpt else
-                              build_tokenizer(cfg.tokenizer, cfg.train, cache_root, cfg.separator, cfg.text_field, progress))
-            self.train_data = open_corpus(cfg.train, self.tokenizer, cache_root, cfg.separator, cfg.text_field, progress)
-            self.valid_data = (open_corpus(cfg.valid, self.tokenizer, cache_root, cfg.separator, cfg.text_field,
-                                           progress) if cfg.valid else None)
+            self.tokenizer = (
+                load_tokenizer(ckpt)
+                if ckpt
+                else build_tokenizer(cfg.tokenizer, cfg.train, cache_root, cfg.separator, cfg.text_field, progress)
+            )
+            self.train_data = open_corpus(
+                cfg.train, self.tokenizer, cache_root, cfg.separator, cfg.text_field, progress
+            )
+            self.valid_data = (
+                open_corpus(cfg.valid, self.tokenizer, cache_root, cfg.separator, cfg.text_field, progress)
+                if cfg.valid
+                else None
+            )
         for corpus in (self.train_data, self.valid_data):
             if corpus is not None:
                 corpus.num_eval_windows(cfg.context)  # a corpus shorter than one context fails here, clearly
@@ -158,9 +185,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         world = d.world_size
         self.optimizer_step = OptimizerStep(
-            self.model, self.optimizer,
-            lambda step: warmup_cosine(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.max_steps, from_zero=cfg.warmup_from_zero),
-            cfg.grad_clip, self.scaler, reduce=lambda total: distributed.all_reduce_sum(total).item() / world)
+            self.model,
+            self.optimizer,
+            lambda step: warmup_cosine(
+                step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.max_steps, from_zero=cfg.warmup_from_zero
+            ),
+            cfg.grad_clip,
+            self.scaler,
+            reduce=lambda total: distributed.all_reduce_sum(total).item() / world,
+        )
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed + 1 + d.rank)  # dropout: one stream per process
         if self.device.type == "cuda":
@@ -220,8 +253,13 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to ``max_steps``; return a summary (step, last train loss, last validation loss, tokens/s)."""
         cfg = self.cfg
-        bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=not (cfg.progress and self.dist.is_main))
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (cfg.progress and self.dist.is_main),
+        )
         start = time.perf_counter()
         win = {"loss": 0.0, "steps": 0, "time": 0.0, "data": 0.0}
         summary: dict[str, Any] = {"train_loss": None, "val_loss": None}
@@ -242,39 +280,70 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
                 if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
                     summary["train_loss"] = win["loss"] / win["steps"]
-                    self._log({"split": "train", "loss": summary["train_loss"], "lr": self.optimizer.param_groups[0]["lr"],
-                               "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                               "data_fraction": win["data"] / win["time"], "elapsed_s": time.perf_counter() - start})
+                    self._log(
+                        {
+                            "split": "train",
+                            "loss": summary["train_loss"],
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "grad_norm": grad_norm,
+                            "tokens_per_s": tok_s,
+                            "data_fraction": win["data"] / win["time"],
+                            "elapsed_s": time.perf_counter() - start,
+                        }
+                    )
                     win = {"loss": 0.0, "steps": 0, "time": 0.0, "data": 0.0}
                 improved = False
                 if self.valid_data is not None and (
-                        (cfg.eval_interval and self.step % cfg.eval_interval == 0) or self.step == cfg.max_steps):
+                    (cfg.eval_interval and self.step % cfg.eval_interval == 0) or self.step == cfg.max_steps
+                ):
                     result = self.evaluate()
                     summary["val_loss"] = result["loss"]
-                    self._log({"split": "valid", "loss": result["loss"], "perplexity": result["perplexity"],
-                               "elapsed_s": time.perf_counter() - start})
-                    self.log(f"step {self.step}: valid loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f})")
+                    self._log(
+                        {
+                            "split": "valid",
+                            "loss": result["loss"],
+                            "perplexity": result["perplexity"],
+                            "elapsed_s": time.perf_counter() - start,
+                        }
+                    )
+                    self.log(
+                        f"step {self.step}: valid loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f})"
+                    )
                     diagnostics = self.diagnostics() if self.dist.is_main else {}
                     if diagnostics:
                         self._log({"split": "diagnostics", **diagnostics})
                     improved = result["loss"] < self.best_val
                     self.best_val = min(self.best_val, result["loss"])
-                if ((cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0)
-                        or self.step == cfg.max_steps or (improved and cfg.keep_best)):
+                if (
+                    (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0)
+                    or self.step == cfg.max_steps
+                    or (improved and cfg.keep_best)
+                ):
                     self.save(best=improved and cfg.keep_best)
         finally:
             bar.close()
             if self.metrics is not None:
                 self.metrics.close()
         tokens_done = self.tokens_seen - tokens_at_start
-        summary.update(step=self.step, tokens_per_s=tokens_done / train_time if train_time else None,
-                       checkpoint=str(latest_checkpoint(self.out)) if self.dist.is_main else None)
+        summary.update(
+            step=self.step,
+            tokens_per_s=tokens_done / train_time if train_time else None,
+            checkpoint=str(latest_checkpoint(self.out)) if self.dist.is_main else None,
+        )
         return summary
 
     def evaluate(self) -> dict[str, Any]:
         """Validation loss, perplexity and loss by position over ``eval_windows`` fixed windows."""
-        return evaluate(self.model, self.valid_data, self.cfg.context, self.cfg.eval_windows or None,
-                        self.cfg.eval_batch_size, self.device, self.amp_dtype, self.dist)
+        return evaluate(
+            self.model,
+            self.valid_data,
+            self.cfg.context,
+            self.cfg.eval_windows or None,
+            self.cfg.eval_batch_size,
+            self.device,
+            self.amp_dtype,
+            self.dist,
+        )
 
     def diagnostics(self) -> dict[str, float]:
         """The model's :meth:`~LanguageModel.diagnostics` on the first 8 validation windows."""
@@ -296,15 +365,24 @@ class Trainer:
         """Checkpoint the current step (every process takes part; rank 0 writes)."""
         d = self.dist
         torch_rng = distributed.all_gather(torch.get_rng_state(), d)
-        cuda_rng = (distributed.all_gather(torch.cuda.get_rng_state(self.device), d)
-                    if self.device.type == "cuda" else [])
+        cuda_rng = (
+            distributed.all_gather(torch.cuda.get_rng_state(self.device), d) if self.device.type == "cuda" else []
+        )
         path = None
         if d.is_main:
-            state = {"format": 1, "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
-                     "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                     "scheduler": {"name": "warmup_cosine", "step": self.step},
-                     "data_rng": self.data_gen.get_state(), "torch_rng": torch_rng, "cuda_rng": cuda_rng,
-                     "world_size": d.world_size}
+            state = {
+                "format": 1,
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "best_val": self.best_val,
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "scheduler": {"name": "warmup_cosine", "step": self.step},
+                "data_rng": self.data_gen.get_state(),
+                "torch_rng": torch_rng,
+                "cuda_rng": cuda_rng,
+                "world_size": d.world_size,
+            }
             links = ("last", "best") if best else ("last",)
             path = save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.cfg, state, links)
         distributed.barrier()
@@ -322,8 +400,10 @@ class Trainer:
             if self.device.type == "cuda" and len(state["cuda_rng"]) == world:
                 torch.cuda.set_rng_state(state["cuda_rng"][rank], self.device)
         else:
-            self.log(f"checkpoint written by {len(state['torch_rng'])} processes, resumed by {world}: "
-                     "dropout streams are reseeded (the batches are unchanged)")
+            self.log(
+                f"checkpoint written by {len(state['torch_rng'])} processes, resumed by {world}: "
+                "dropout streams are reseeded (the batches are unchanged)"
+            )
             torch.manual_seed(self.cfg.seed + 1 + rank + self.step * world)
 
     def close(self) -> None:

@@ -41,23 +41,42 @@ from .runs import plan_runs, train_all
 
 EXPERIMENT = "language"
 HELP = "Mosaic vs GPT-2 language models: depth sweep, out-of-distribution loss by position, generations"
-QUICK = ["eval_interval=3", "eval_windows=4", "checkpoint_interval=0", "log_interval=1", "batch_size=4",
-         "context=64", "n_embd=32", "n_head=2", "tokenizer=bpe:512"]
+QUICK = [
+    "eval_interval=3",
+    "eval_windows=4",
+    "checkpoint_interval=0",
+    "log_interval=1",
+    "batch_size=4",
+    "context=64",
+    "n_embd=32",
+    "n_head=2",
+    "tokenizer=bpe:512",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, EXPERIMENT, models=("mosaic", "gpt"), default_seeds=(TrainConfig.seed,))
-    parser.add_argument("--config", default="configs/cpu-d128.toml", help="training preset (TOML/JSON) shared by all runs")
+    parser.add_argument(
+        "--config", default="configs/cpu-d128.toml", help="training preset (TOML/JSON) shared by all runs"
+    )
     parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--v2-depths", type=int, nargs="*", default=[], help="depths at which to add a v2 Mosaic")
     parser.add_argument("--max-steps", type=int, help="override the preset's max_steps")
     parser.add_argument("--lrs", type=float, nargs="+", help="learning rates to sweep per (model, depth)")
     parser.add_argument("--sweep-steps", type=int, default=1000, help="steps of each learning-rate sweep run")
-    parser.add_argument("--long-context", type=int, default=0, metavar="F",
-                        help="also evaluate the Mosaics on windows F times the training context")
+    parser.add_argument(
+        "--long-context",
+        type=int,
+        default=0,
+        metavar="F",
+        help="also evaluate the Mosaics on windows F times the training context",
+    )
     parser.add_argument("--deadline-s", type=float, default=0, help="stop training runs after this many seconds")
-    parser.add_argument("--replot", action="store_true",
-                        help="no training: redo the figures and the analysis from --out's results.json and runs")
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="no training: redo the figures and the analysis from --out's results.json and runs",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="other overrides for every run")
     parser.add_argument("--ood", default="shared:ood/wikipedia.txt", help="out-of-distribution evaluation text")
     parser.add_argument("--eval-windows", type=int, default=200, help="windows per evaluation corpus (0: all)")
@@ -120,9 +139,19 @@ def run(args: argparse.Namespace) -> int:
     windows = args.eval_windows or None
     results = evaluate_all(runs, base.context, args.ood, windows, args.long_context, device, 20 if args.quick else 60)
     summary = {key: summary_row(e) for key, e in results.items()}
-    (out / "results.json").write_text(json.dumps({"config": args.config, "overrides": args.set, "context": base.context,
-                                                  "sweep": sweep_record, "summary": summary, "runs": results},
-                                                 indent=1))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "config": args.config,
+                "overrides": args.set,
+                "context": base.context,
+                "sweep": sweep_record,
+                "summary": summary,
+                "runs": results,
+            },
+            indent=1,
+        )
+    )
     figures(results, args.depths, out)
     (out / "generations.md").write_text(generations_markdown(results, args.depths))
     analyse(out, results, base.context, args.ood, windows, device)

@@ -34,7 +34,7 @@ CLASSES = ("frequent", "medium", "rare")
 def position_bands(curve: list[float]) -> dict[str, float]:
     """Mean loss over each band of positions that the curve covers."""
     c = np.asarray(curve)
-    return {f"{a}-{b}": float(c[a - 1:b].mean()) for a, b in BANDS if b <= len(c)}
+    return {f"{a}-{b}": float(c[a - 1 : b].mean()) for a, b in BANDS if b <= len(c)}
 
 
 def frequency_classes(train_tokens: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -66,8 +66,10 @@ def token_table(losses: np.ndarray, targets: np.ndarray, seen: np.ndarray, class
     groups = {"all": np.ones_like(seen)}
     groups.update({name: classes[targets] == i for i, name in enumerate(CLASSES)})
     groups.update({"seen": seen, "unseen": ~seen})
-    return {name: {"loss": float(losses[m].mean()) if m.any() else None, "share": float(m.mean())}
-            for name, m in groups.items()}
+    return {
+        name: {"loss": float(losses[m].mean()) if m.any() else None, "share": float(m.mean())}
+        for name, m in groups.items()
+    }
 
 
 def analyse(out: Path, results: dict, context: int, ood: str, windows: int | None, device: torch.device) -> dict:
@@ -75,8 +77,11 @@ def analyse(out: Path, results: dict, context: int, ood: str, windows: int | Non
     analysis: dict = {"bands": {}, "tokens": {}, "mass_edges": MASS_EDGES}
     classes_by_tokenizer: dict[str, np.ndarray] = {}
     for key, entry in results.items():
-        analysis["bands"][key] = {split: position_bands(entry[split]["loss_by_position"])
-                                  for split in ("valid", "ood", "valid_long", "ood_long") if split in entry}
+        analysis["bands"][key] = {
+            split: position_bands(entry[split]["loss_by_position"])
+            for split in ("valid", "ood", "valid_long", "ood_long")
+            if split in entry
+        }
         run_dir = out / key
         ckpt = resolve_checkpoint(run_dir)
         model, tokenizer = load_pretrained(ckpt).eval().to(device), load_tokenizer(ckpt)
@@ -89,7 +94,9 @@ def analyse(out: Path, results: dict, context: int, ood: str, windows: int | Non
         analysis["tokens"][key] = {}
         for split, source in (("valid", cfg.valid), ("ood", ood)):
             corpus = open_corpus(source, tokenizer, cache, progress=False)
-            analysis["tokens"][key][split] = token_table(*token_losses(model, corpus, context, windows, device), classes)
+            analysis["tokens"][key][split] = token_table(
+                *token_losses(model, corpus, context, windows, device), classes
+            )
         print(f"[language] analysed {key}", flush=True)
     (out / "analysis.json").write_text(json.dumps(analysis, indent=1))
     diagnostics_figure(results, out / "diagnostics.png")
@@ -104,11 +111,16 @@ def diagnostics_figure(results: dict, path: Path) -> bool:
     runs = {k: e["curves"]["diagnostics"] for k, e in results.items() if e["curves"].get("diagnostics")}
     if not runs:
         return False
-    rows = (("cmem_beta", "C-mem bandwidth beta (log)"), ("pmem_beta", "P-mem bandwidth beta (log)"),
-            ("cmem_lambda", "C-mem leaky decay lambda"), ("cmem_entropy", "C-mem retrieval entropy (last query)"),
-            ("pmem_entropy", "P-mem retrieval entropy"))
-    fig, axes = plt.subplots(len(rows), len(runs), figsize=(3.6 * len(runs), 2.3 * len(rows)), squeeze=False,
-                             sharex=True)
+    rows = (
+        ("cmem_beta", "C-mem bandwidth beta (log)"),
+        ("pmem_beta", "P-mem bandwidth beta (log)"),
+        ("cmem_lambda", "C-mem leaky decay lambda"),
+        ("cmem_entropy", "C-mem retrieval entropy (last query)"),
+        ("pmem_entropy", "P-mem retrieval entropy"),
+    )
+    fig, axes = plt.subplots(
+        len(rows), len(runs), figsize=(3.6 * len(runs), 2.3 * len(rows)), squeeze=False, sharex=True
+    )
     for col, (key, diag) in enumerate(runs.items()):
         tokens = [d["step"] for d in diag]
         layers = sorted({name.split("/")[0] for name in diag[0]} - {"step"})

@@ -45,14 +45,21 @@ def generations(model, tokenizer, max_new: int = 60) -> dict[str, list[str]]:
         idx = torch.tensor([tokenizer.encode(prompt)])
         for mode, kw in (("greedy", {"temperature": 0}), ("sampled", {"temperature": 0.8, "top_k": 50})):
             gen = torch.Generator().manual_seed(0)
-            ids = model.generate(idx, max_new, eos_token=tokenizer.eot_id, generator=gen, **kw)[0, idx.shape[1]:]
+            ids = model.generate(idx, max_new, eos_token=tokenizer.eot_id, generator=gen, **kw)[0, idx.shape[1] :]
             ids = [i for i in ids.tolist() if i != tokenizer.eot_id]
             out[mode].append(tokenizer.decode(ids).replace("\n", " ").strip())
     return out
 
 
-def evaluate_all(runs: list[Run], context: int, ood: str, windows: int | None, long_context: int,
-                 device: torch.device, gen_tokens: int = 60) -> dict:
+def evaluate_all(
+    runs: list[Run],
+    context: int,
+    ood: str,
+    windows: int | None,
+    long_context: int,
+    device: torch.device,
+    gen_tokens: int = 60,
+) -> dict:
     """Per run: sizes, curves, and the evaluations (module docstring); runs never started are skipped."""
     results = {}
     for run in runs:
@@ -63,10 +70,17 @@ def evaluate_all(runs: list[Run], context: int, ood: str, windows: int | None, l
         cfg = TrainConfig.from_file(run.dir / "train_config.json")
         cache = resolve_cache_dir(cfg.cache_dir)
         done = run.dir / "done.json"
-        entry = {"model": run.kind, "depth": run.depth, "params": model.num_params(), "lr": cfg.lr,
-                 "block_params": sum(p.numel() for p in model.blocks.parameters() if p.dim() >= 2),
-                 "checkpoint": ckpt.name, "finished": run.finished, "curves": curves(run.dir),
-                 "wall_s": json.loads(done.read_text())["wall_s"] if run.finished else None}
+        entry = {
+            "model": run.kind,
+            "depth": run.depth,
+            "params": model.num_params(),
+            "lr": cfg.lr,
+            "block_params": sum(p.numel() for p in model.blocks.parameters() if p.dim() >= 2),
+            "checkpoint": ckpt.name,
+            "finished": run.finished,
+            "curves": curves(run.dir),
+            "wall_s": json.loads(done.read_text())["wall_s"] if run.finished else None,
+        }
         for name, source in (("valid", cfg.valid), ("ood", ood)):
             corpus = open_corpus(source, tokenizer, cache, progress=False)
             entry[name] = evaluate(model, corpus, context, windows, batch_size=8, device=device)
@@ -82,22 +96,27 @@ def evaluate_all(runs: list[Run], context: int, ood: str, windows: int | None, l
 def position_drop(curve: list[float]) -> float:
     """Loss at positions 1-16 minus loss over the last quarter of the window: how much context helps."""
     n = len(curve)
-    return sum(curve[:16]) / 16 - sum(curve[3 * n // 4:]) / (n - 3 * n // 4)
+    return sum(curve[:16]) / 16 - sum(curve[3 * n // 4 :]) / (n - 3 * n // 4)
 
 
 def summary_row(e: dict) -> dict:
     """The numbers of one run that the results table shows."""
     tok_s = sorted(e["curves"]["tokens_per_s"])
-    row = {"params": e["params"], "block_params": e["block_params"], "lr": e["lr"], "finished": e["finished"],
-           "tokens": e["curves"]["train"][-1][0] if e["curves"]["train"] else 0,
-           "valid_loss": e["valid"]["loss"], "ood_loss": e["ood"]["loss"],
-           "final_train_loss": e["curves"]["train"][-1][1] if e["curves"]["train"] else None,
-           "valid_position_drop": position_drop(e["valid"]["loss_by_position"]),
-           "ood_position_drop": position_drop(e["ood"]["loss_by_position"]),
-           "median_tokens_per_s": tok_s[len(tok_s) // 2] if tok_s else None, "wall_s": e["wall_s"]}
+    row = {
+        "params": e["params"],
+        "block_params": e["block_params"],
+        "lr": e["lr"],
+        "finished": e["finished"],
+        "tokens": e["curves"]["train"][-1][0] if e["curves"]["train"] else 0,
+        "valid_loss": e["valid"]["loss"],
+        "ood_loss": e["ood"]["loss"],
+        "final_train_loss": e["curves"]["train"][-1][1] if e["curves"]["train"] else None,
+        "valid_position_drop": position_drop(e["valid"]["loss_by_position"]),
+        "ood_position_drop": position_drop(e["ood"]["loss_by_position"]),
+        "median_tokens_per_s": tok_s[len(tok_s) // 2] if tok_s else None,
+        "wall_s": e["wall_s"],
+    }
     if "ood_long" in e:
         row["ood_long_loss"] = e["ood_long"]["loss"]
         row["ood_long_position_drop"] = position_drop(e["ood_long"]["loss_by_position"])
     return row
-
-

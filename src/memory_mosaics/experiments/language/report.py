@@ -48,7 +48,9 @@ def figures(results: dict, depths: list[int], out: Path) -> None:
                 for key, style, suffix in ((split, "-", ""), (f"{split}_long", ":", " (4x context)")):
                     if key in entry:
                         curve = torch.tensor(entry[key]["loss_by_position"])
-                        smooth = torch.nn.functional.avg_pool1d(curve[None, None], 9, 1, 4, count_include_pad=False)[0, 0]
+                        smooth = torch.nn.functional.avg_pool1d(curve[None, None], 9, 1, 4, count_include_pad=False)[
+                            0, 0
+                        ]
                         ax.plot(range(1, len(curve) + 1), smooth, style, color=COLORS[kind], label=kind + suffix)
             ax.set_xscale("log")
             ax.set_title(f"depth {depth}, {'Wikipedia (OOD)' if split == 'ood' else 'TinyStories valid'}", fontsize=9)
@@ -67,7 +69,7 @@ def generations_markdown(results: dict, depths: list[int]) -> str:
     lines = ["# Generations (tables 4-5, CPU scale)", ""]
     for mode in ("greedy", "sampled"):
         for i, prompt in enumerate(PROMPTS):
-            lines += [f"## {mode}: \"{prompt}\"", "", "| model | continuation |", "|---|---|"]
+            lines += [f'## {mode}: "{prompt}"', "", "| model | continuation |", "|---|---|"]
             for depth in depths:
                 for kind in KINDS:
                     entry = results.get(f"{kind}-{depth}")
@@ -76,5 +78,3 @@ def generations_markdown(results: dict, depths: list[int]) -> str:
                         lines.append(f"| {kind} depth {depth} | {text} |")
             lines.append("")
     return "\n".join(lines)
-
-

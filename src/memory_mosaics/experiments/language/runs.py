@@ -21,8 +21,14 @@ from ...training.config import TrainConfig
 # v2 switches at the CPU context of 256: gated keys, adaptive bandwidth, a short-term memory over the
 # last 128 pairs and a long-term one skipping m ~ U[32, 128] (32 at inference), SwiGLU persistent
 # memory (spec section 5 uses h = 256, m in [64, 256] at contexts of thousands of tokens).
-V2_ARGS = {"key_extractor": "gated", "bandwidth": "adaptive", "short_term_window": 128, "long_term_skip_min": 32,
-           "long_term_skip_max": 128, "persistent": "swiglu"}
+V2_ARGS = {
+    "key_extractor": "gated",
+    "bandwidth": "adaptive",
+    "short_term_window": 128,
+    "long_term_skip_min": 32,
+    "long_term_skip_max": 128,
+    "persistent": "swiglu",
+}
 
 
 class Run:
@@ -30,8 +36,15 @@ class Run:
     config overrides of this run (a dict, or a callable giving it once the runs it comes
     ``after`` are done)."""
 
-    def __init__(self, kind: str, depth: int, run_dir: Path, overrides: dict | Callable[[], dict],
-                 after: tuple["Run", ...] = (), key: str | None = None):
+    def __init__(
+        self,
+        kind: str,
+        depth: int,
+        run_dir: Path,
+        overrides: dict | Callable[[], dict],
+        after: tuple["Run", ...] = (),
+        key: str | None = None,
+    ):
         self.kind, self.depth, self.dir, self.overrides, self.after = kind, depth, run_dir, overrides, after
         self.key = key or f"{kind}-{depth}"
 
@@ -89,7 +102,9 @@ def train_all(runs: list[Run], base: TrainConfig, jobs: int, deadline: float | N
                 run.overrides = run.overrides()
             run.dir.mkdir(parents=True, exist_ok=True)
             config = run.config(base)
-            print(f"[language] training {run.key} (lr {config.lr:g}, {config.max_steps} steps) -> {run.dir}", flush=True)
+            print(
+                f"[language] training {run.key} (lr {config.lr:g}, {config.max_steps} steps) -> {run.dir}", flush=True
+            )
             proc = context.Process(target=_train, args=(config.to_dict(), str(run.dir)))
             proc.start()
             active.append((proc, run, time.time()))
@@ -117,8 +132,9 @@ def final_valid_loss(run_dir: Path) -> float:
     return losses[-1]
 
 
-def plan_runs(out: Path, kinds_by_depth: dict[int, list[str]], seeds: list[int], lrs: list[float] | None,
-              sweep_steps: int) -> tuple[list[Run], list[Run], dict]:
+def plan_runs(
+    out: Path, kinds_by_depth: dict[int, list[str]], seeds: list[int], lrs: list[float] | None, sweep_steps: int
+) -> tuple[list[Run], list[Run], dict]:
     """(sweep runs, full runs, sweep record). With ``lrs``, each (kind, depth) first runs
     ``sweep_steps`` at every rate (first seed); its full runs take the rate with the lowest final
     validation loss (a failed sweep run is left out). Runs of the first seed are keyed KIND-DEPTH,
@@ -126,16 +142,26 @@ def plan_runs(out: Path, kinds_by_depth: dict[int, list[str]], seeds: list[int],
     sweep_runs, full_runs, record = [], [], {}
     for depth, kinds in kinds_by_depth.items():
         for kind in kinds:
-            sweeps = tuple(Run(kind, depth, out / "sweep" / f"{kind}-{depth}-lr{lr:g}",
-                               {"lr": lr, "max_steps": sweep_steps, "seed": seeds[0]}) for lr in lrs or ())
+            sweeps = tuple(
+                Run(
+                    kind,
+                    depth,
+                    out / "sweep" / f"{kind}-{depth}-lr{lr:g}",
+                    {"lr": lr, "max_steps": sweep_steps, "seed": seeds[0]},
+                )
+                for lr in lrs or ()
+            )
             sweep_runs += sweeps
 
             def choose(seed: int, kind=kind, depth=depth, sweeps=sweeps) -> dict:
                 losses = {r.overrides["lr"]: final_valid_loss(r.dir) for r in sweeps if r.finished}
                 failed = [r.overrides["lr"] for r in sweeps if not r.finished]
                 best = min(losses, key=losses.get) if losses else None
-                record[f"{kind}-{depth}"] = {"valid_loss_by_lr": {f"{k:g}": v for k, v in losses.items()},
-                                             "failed_lrs": failed, "lr": best}
+                record[f"{kind}-{depth}"] = {
+                    "valid_loss_by_lr": {f"{k:g}": v for k, v in losses.items()},
+                    "failed_lrs": failed,
+                    "lr": best,
+                }
                 (out / "sweep.json").write_text(json.dumps(record, indent=1))
                 return {"seed": seed, **({"lr": best} if losses else {})}
 

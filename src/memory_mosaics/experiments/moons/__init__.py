@@ -54,7 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tie-break", choices=TIE_BREAKS, default="stable", help="which tied systems are kept (see data/moons.py)"
     )
-    parser.add_argument("--replot", action="store_true", help="only redraw the tables and figures from OUT/metrics.json")
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw the tables and figures from OUT/metrics.json"
+    )
     parser.add_argument(
         "--jobs", type=int, default=None, help="models trained in parallel processes (default: one per CPU core)"
     )

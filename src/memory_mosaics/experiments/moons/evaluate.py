@@ -82,7 +82,9 @@ def mean_of(values: list[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-def evaluate(memory: ContextualMemory, systems: dict, eval_x: Tensor, settings: Settings, progress: bool = True) -> dict:
+def evaluate(
+    memory: ContextualMemory, systems: dict, eval_x: Tensor, settings: Settings, progress: bool = True
+) -> dict:
     """Error-vs-context curves per system, disentanglement, summary per split and region, and the
     error at each generated step per region (validation and unseen systems)."""
     contexts, every = settings.contexts, all_systems(systems)

@@ -116,7 +116,9 @@ def plot_drift(plt, out: Path, metrics: dict) -> None:
                 per_seed = [run_["models"][name]["step_errors"][split][region] for run_ in metrics["runs"]]
                 if per_seed[0] is not None:
                     median = torch.tensor(per_seed).quantile(0.5, dim=0).tolist()
-                    ax.plot(steps, median, style, color=COLORS[name], label=f"{LABELS[name]}, {region.replace('_', ' ')}")
+                    ax.plot(
+                        steps, median, style, color=COLORS[name], label=f"{LABELS[name]}, {region.replace('_', ' ')}"
+                    )
         ax.set_title(split, fontsize=10)
         ax.set_xlabel("generated step j (1 = one-step prediction)")
         ax.set_ylim(0, min(ax.get_ylim()[1], Y_MAX))
@@ -178,7 +180,9 @@ def plot_weights(plt, out: Path, runs: list[dict]) -> None:
                 ax.set_title(f"seed {run_['seed']} {LABELS[name]} |{label}| max {w.max():.2f}", fontsize=7)
                 ax.set_xticks(range(3), [f"m{i + 1}" for i in range(3)], fontsize=6)
                 ax.set_yticks(range(3), [f"o{i + 1}" for i in range(3)], fontsize=6)
-    fig.suptitle("|complex weights|: columns = input moons (m), rows = outputs (o; for 3 heads, o_h = head h)", fontsize=9)
+    fig.suptitle(
+        "|complex weights|: columns = input moons (m), rows = outputs (o; for 3 heads, o_h = head h)", fontsize=9
+    )
     save(plt, fig, out / "weights.png", 70)
 
 

@@ -47,8 +47,14 @@ def run_model(
 
 
 def run_models(
-    seeds: list[int], models: list[str], systems: dict, eval_x: Tensor, settings: Settings, jobs: int | None,
-    threads: int = 1, progress: bool = True,
+    seeds: list[int],
+    models: list[str],
+    systems: dict,
+    eval_x: Tensor,
+    settings: Settings,
+    jobs: int | None,
+    threads: int = 1,
+    progress: bool = True,
 ) -> list[dict]:
     """Every (seed, model) job, in ``jobs`` processes (None: one per usable core):
     [{"seed": s, "models": {name: result}}]. The first failed job stops the others still waiting."""

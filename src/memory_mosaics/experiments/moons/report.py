@@ -44,8 +44,10 @@ def seed_table(runs: list[dict]) -> dict:
 
 def over_seeds(table: dict, stat: str) -> dict:
     """One statistic of :func:`seed_table`: {model: {split: {metric: value}}}."""
-    return {name: {split: {m: v[stat] for m, v in stats.items()} for split, stats in splits.items()}
-            for name, splits in table.items()}
+    return {
+        name: {split: {m: v[stat] for m, v in stats.items()} for split, stats in splits.items()}
+        for name, splits in table.items()
+    }
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -83,7 +85,8 @@ def num(x: float) -> str:
 def fmt(stats: dict) -> str:
     if stats["mean"] is None:
         return "n/a"
-    return f"{num(stats['median'])} · {num(stats['mean'])} ± {num(stats['std'])} [{num(stats['min'])}, {num(stats['max'])}]"
+    spread = f"[{num(stats['min'])}, {num(stats['max'])}]"
+    return f"{num(stats['median'])} · {num(stats['mean'])} ± {num(stats['std'])} {spread}"
 
 
 def table_markdown(table: dict, seeds: list[int]) -> str:
@@ -107,7 +110,8 @@ def per_seed_markdown(runs: list[dict]) -> str:
         "Per seed, validation system (one-step / step 25: error of the first / last generated step,",
         'averaged over the contexts of the "between" region):',
         "",
-        "| seed | final loss 1h / 3h | between 1h | between 3h | 3h / 1h | after 1h | disentanglement 3h | one-step 3h | step 25 3h |",
+        "| seed | final loss 1h / 3h | between 1h | between 3h | 3h / 1h | after 1h | disentanglement 3h "
+        "| one-step 3h | step 25 3h |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
@@ -119,7 +123,9 @@ def per_seed_markdown(runs: list[dict]) -> str:
             f"| {num(b['between_periods'])} | {num(b['between_periods'] / a['between_periods'])} "
             f"| {a['after_combined']:.3f} | {three['disentanglement']:.3f} | {num(steps[0])} | {num(steps[-1])} |"
         )
-    validation = [(r["models"]["1head"]["summary"]["validation"], r["models"]["3heads"]["summary"]["validation"]) for r in runs]
+    validation = [
+        (r["models"]["1head"]["summary"]["validation"], r["models"]["3heads"]["summary"]["validation"]) for r in runs
+    ]
     below = sum(three["between_periods"] < one["between_periods"] for one, three in validation)
     clean = sum(r["models"]["3heads"]["disentanglement"] >= DISENTANGLED for r in runs)
     lines += [

@@ -63,18 +63,25 @@ HELP = "RegBench in-context language learning (figure 9): accuracy and TVD again
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, EXPERIMENT, models=MODELS, default_seeds=None)  # None: the preset's seeds
     cpu = PRESETS["cpu"]
-    parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
-                        help=f"cpu: N<={max(cpu.num_train)}, {cpu.epochs.steps} steps per run, width-64 models; "
-                             "paper: the paper's protocol (GPU). --seeds, --num-train, --epochs and --num-val "
-                             "default to the preset's (default: %(default)s)")
-    parser.add_argument("--num-train", type=int, nargs="+", metavar="N",
-                        help="numbers of training automata (default: the preset's)")
-    parser.add_argument("--data-seed", type=int, default=0,
-                        help="seed of the environments (default 0, as the reference)")
+    parser.add_argument(
+        "--preset",
+        choices=("cpu", "paper"),
+        default="cpu",
+        help=f"cpu: N<={max(cpu.num_train)}, {cpu.epochs.steps} steps per run, width-64 models; "
+        "paper: the paper's protocol (GPU). --seeds, --num-train, --epochs and --num-val "
+        "default to the preset's (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--num-train", type=int, nargs="+", metavar="N", help="numbers of training automata (default: the preset's)"
+    )
+    parser.add_argument(
+        "--data-seed", type=int, default=0, help="seed of the environments (default 0, as the reference)"
+    )
     parser.add_argument("--epochs", type=int, help="epochs for every N (default: the preset's)")
     parser.add_argument("--num-val", type=int, help="validation environments used (default: the preset's)")
-    parser.add_argument("--grid", action="store_true",
-                        help="select hyper-parameters on validation over the preset's grid")
+    parser.add_argument(
+        "--grid", action="store_true", help="select hyper-parameters on validation over the preset's grid"
+    )
     parser.add_argument("--grid-spec", help="grid for --grid, e.g. 'lr=5e-4,1e-3;weight_decay=0.01,0.1'")
     parser.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.json")
 
@@ -86,9 +93,12 @@ def load_splits(settings: Settings, device: torch.device) -> Splits:
     num_val = 500 if settings.preset != "quick" else settings.num_val
     made = make_splits(max(settings.num_train), seed=settings.data_seed, num_test=settings.num_test, num_val=num_val)
     splits = Splits(made["train"], made["validation"][: settings.num_val], made["test"])
-    print(f"regbench: {len(splits.train)} train / {len(splits.val)} validation / {len(splits.test)} test "
-          f"environments (data seed {settings.data_seed}, {time.perf_counter() - tic:.1f}s); device {device}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    print(
+        f"regbench: {len(splits.train)} train / {len(splits.val)} validation / {len(splits.test)} test "
+        f"environments (data seed {settings.data_seed}, {time.perf_counter() - tic:.1f}s); device {device}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     return splits
 
 
@@ -100,8 +110,11 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     splits = load_splits(settings, device)
     baseline_scores = baselines(splits.test)
-    print("baselines on the test set: " + ", ".join(
-        f"{k} {v['accuracy']:.3f}/{v['tvd']:.3f}" for k, v in baseline_scores.items()), flush=True)
+    print(
+        "baselines on the test set: "
+        + ", ".join(f"{k} {v['accuracy']:.3f}/{v['tvd']:.3f}" for k, v in baseline_scores.items()),
+        flush=True,
+    )
     header = {
         "experiment": EXPERIMENT,
         "preset": settings.preset,

@@ -25,7 +25,7 @@ PROTOCOL = {
     "optimizer": "torch AdamW, one parameter group: weight decay on every parameter",
     "betas": list(BETAS),
     "schedule": "timm CosineLRScheduler, warmup_prefix=False, per step: t_initial = all steps, "
-                "warmup_t = ceil(epochs / 10) epochs, lr_min = min_lr_ratio x lr",
+    "warmup_t = ceil(epochs / 10) epochs, lr_min = min_lr_ratio x lr",
     "warmup_epoch_divisor": WARMUP_EPOCH_DIVISOR,
     "warmup_start_lr": WARMUP_START_LR,
     "min_lr_ratio": MIN_LR_RATIO,
@@ -61,15 +61,32 @@ class EqualSteps:
 HParams = dict[str, Any]
 
 
-def mosaic(n_embd: int, n_layer: int, n_head: int, pmem_size: int, dropout: float, attn_dropout: float,
-           lr: float) -> HParams:
-    return {"n_embd": n_embd, "n_layer": n_layer, "n_head": n_head, "pmem_size": pmem_size, "dropout": dropout,
-            "attn_dropout": attn_dropout, "lr": lr, "weight_decay": 0.1, "grad_clip": 1.0}
+def mosaic(
+    n_embd: int, n_layer: int, n_head: int, pmem_size: int, dropout: float, attn_dropout: float, lr: float
+) -> HParams:
+    return {
+        "n_embd": n_embd,
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "pmem_size": pmem_size,
+        "dropout": dropout,
+        "attn_dropout": attn_dropout,
+        "lr": lr,
+        "weight_decay": 0.1,
+        "grad_clip": 1.0,
+    }
 
 
 def gpt(n_embd: int, n_layer: int, n_head: int, dropout: float, lr: float) -> HParams:
-    return {"n_embd": n_embd, "n_layer": n_layer, "n_head": n_head, "dropout": dropout, "lr": lr,
-            "weight_decay": 0.1, "grad_clip": 1.0}
+    return {
+        "n_embd": n_embd,
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "dropout": dropout,
+        "lr": lr,
+        "weight_decay": 0.1,
+        "grad_clip": 1.0,
+    }
 
 
 @dataclass(frozen=True)
@@ -85,18 +102,42 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # the same 224 optimiser steps at every N: 56 / 14 / 7 epochs at N = 100 / 500 / 1000
-    "cpu": Preset([100, 500, 1000], seeds=[0, 1], epochs=EqualSteps(224), num_test=500, num_val=100,
-                  models={"mosaic": mosaic(64, 2, 4, pmem_size=224, dropout=0.05, attn_dropout=0.0, lr=4e-3),
-                          "gpt": gpt(64, 2, 2, dropout=0.1, lr=1e-3)},
-                  grid={"lr": [1e-3, 2e-3, 4e-3], "weight_decay": [0.01, 0.1]}),
-    "paper": Preset([100, 500, 1000, 2500, 40000], seeds=[0, 1], epochs=FixedEpochs(200), num_test=500, num_val=500,
-                    models={"mosaic": mosaic(128, 2, 8, pmem_size=448, dropout=0.05, attn_dropout=0.05, lr=5e-4),
-                            "gpt": gpt(128, 8, 2, dropout=0.1, lr=5e-4)},
-                    grid={"lr": [1e-4, 2.5e-4, 5e-4], "weight_decay": [0.01, 0.1]}),
+    "cpu": Preset(
+        [100, 500, 1000],
+        seeds=[0, 1],
+        epochs=EqualSteps(224),
+        num_test=500,
+        num_val=100,
+        models={
+            "mosaic": mosaic(64, 2, 4, pmem_size=224, dropout=0.05, attn_dropout=0.0, lr=4e-3),
+            "gpt": gpt(64, 2, 2, dropout=0.1, lr=1e-3),
+        },
+        grid={"lr": [1e-3, 2e-3, 4e-3], "weight_decay": [0.01, 0.1]},
+    ),
+    "paper": Preset(
+        [100, 500, 1000, 2500, 40000],
+        seeds=[0, 1],
+        epochs=FixedEpochs(200),
+        num_test=500,
+        num_val=500,
+        models={
+            "mosaic": mosaic(128, 2, 8, pmem_size=448, dropout=0.05, attn_dropout=0.05, lr=5e-4),
+            "gpt": gpt(128, 8, 2, dropout=0.1, lr=5e-4),
+        },
+        grid={"lr": [1e-4, 2.5e-4, 5e-4], "weight_decay": [0.01, 0.1]},
+    ),
     # for tests: tiny models, a handful of steps
-    "quick": Preset([16], seeds=[0], epochs=FixedEpochs(2), num_test=8, num_val=8,
-                    models={"mosaic": mosaic(16, 1, 2, pmem_size=8, dropout=0.0, attn_dropout=0.0, lr=1e-3),
-                            "gpt": gpt(16, 1, 2, dropout=0.0, lr=1e-3)},
-                    grid={"lr": [1e-3, 2e-3]}),
+    "quick": Preset(
+        [16],
+        seeds=[0],
+        epochs=FixedEpochs(2),
+        num_test=8,
+        num_val=8,
+        models={
+            "mosaic": mosaic(16, 1, 2, pmem_size=8, dropout=0.0, attn_dropout=0.0, lr=1e-3),
+            "gpt": gpt(16, 1, 2, dropout=0.0, lr=1e-3),
+        },
+        grid={"lr": [1e-3, 2e-3]},
+    ),
 }
 MODELS = ("mosaic", "gpt")  # the kinds every preset configures

@@ -41,16 +41,31 @@ def plot_figure(results: dict, path: str | Path) -> bool:
     for ax, metric, title in zip(axes, ("accuracy", "tvd"), titles):
         for kind in MODELS:
             pub = PUBLISHED[kind][metric]
-            ax.plot(list(pub), list(pub.values()), "--", marker="s", mfc="none", color=COLOURS[kind], alpha=0.6,
-                    label=f"{MODEL_LABELS[kind]}, published")
+            ax.plot(
+                list(pub),
+                list(pub.values()),
+                "--",
+                marker="s",
+                mfc="none",
+                color=COLOURS[kind],
+                alpha=0.6,
+                label=f"{MODEL_LABELS[kind]}, published",
+            )
             rows = results.get("summary", {}).get(kind, {})
             if rows:
                 ns = [int(n) for n in rows]
                 mean = np.array([rows[n][f"{metric}_mean"] for n in rows])
                 lo = mean - np.array([rows[n][f"{metric}_min"] for n in rows])
                 hi = np.array([rows[n][f"{metric}_max"] for n in rows]) - mean
-                ax.errorbar(ns, mean, yerr=[lo, hi], marker="o", capsize=3, color=COLOURS[kind],
-                            label=f"{MODEL_LABELS[kind]}, ours ({rows[str(ns[0])]['params'] / 1e3:.0f}k params)")
+                ax.errorbar(
+                    ns,
+                    mean,
+                    yerr=[lo, hi],
+                    marker="o",
+                    capsize=3,
+                    color=COLOURS[kind],
+                    label=f"{MODEL_LABELS[kind]}, ours ({rows[str(ns[0])]['params'] / 1e3:.0f}k params)",
+                )
         gram = results.get("baselines", {}).get("3-gram")
         if gram:
             ax.axhline(gram[metric], color="grey", ls=":", label="in-context 3-gram")
@@ -72,9 +87,11 @@ def summary_lines(results: dict) -> list[str]:
     lines = []
     for kind, rows in results["summary"].items():
         for n, row in rows.items():
-            lines.append(f"{kind:6s} N={n:>5s}: accuracy {row['accuracy_mean']:.3f} +- {row['accuracy_std']:.3f}, "
-                         f"tvd {row['tvd_mean']:.3f} +- {row['tvd_std']:.3f} ({len(row['seeds'])} seeds, "
-                         f"{row['params']} params)")
+            lines.append(
+                f"{kind:6s} N={n:>5s}: accuracy {row['accuracy_mean']:.3f} +- {row['accuracy_std']:.3f}, "
+                f"tvd {row['tvd_mean']:.3f} +- {row['tvd_std']:.3f} ({len(row['seeds'])} seeds, "
+                f"{row['params']} params)"
+            )
     for run in results["runs"]:
         if run.get("diverged"):
             lines.append(f"{run['model']:6s} N={run['num_train']:>5d}: seed {run['seed']} diverged ({run['diverged']})")

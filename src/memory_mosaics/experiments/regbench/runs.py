@@ -80,16 +80,35 @@ class Runner:
             return found
         desc = f"{kind} N={n} seed={seed}"
         try:
-            record = train_one(kind, hp, self.splits.train[:n], self.splits.val, self.splits.test, epochs, seed,
-                               self.device, self.progress, desc)
+            record = train_one(
+                kind,
+                hp,
+                self.splits.train[:n],
+                self.splits.val,
+                self.splits.test,
+                epochs,
+                seed,
+                self.device,
+                self.progress,
+                desc,
+            )
         except TrainingDiverged as exc:
             print(f"{desc}: diverged ({exc}); recorded as diverged in {self.results.path}", flush=True)
-            record = {"model": kind, "num_train": n, "seed": seed, "epochs": epochs, "hparams": dict(hp),
-                      "diverged": str(exc)}
+            record = {
+                "model": kind,
+                "num_train": n,
+                "seed": seed,
+                "epochs": epochs,
+                "hparams": dict(hp),
+                "diverged": str(exc),
+            }
         else:
-            print(f"{desc}: accuracy {record['accuracy']:.3f} tvd {record['tvd']:.3f} best val "
-                  f"{record['best_val_loss']:.4f} (epoch {record['best_epoch']}/{record['epochs']}), "
-                  f"{record['params']} params, {record['train_time_s']:.0f}s", flush=True)
+            print(
+                f"{desc}: accuracy {record['accuracy']:.3f} tvd {record['tvd']:.3f} best val "
+                f"{record['best_val_loss']:.4f} (epoch {record['best_epoch']}/{record['epochs']}), "
+                f"{record['params']} params, {record['train_time_s']:.0f}s",
+                flush=True,
+            )
         if grid_only:
             record["grid_only"] = True
         self.results.add(record)

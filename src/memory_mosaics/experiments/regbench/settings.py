@@ -11,9 +11,18 @@ from typing import Any
 from ..common import seeds as common_seeds
 from .presets import PRESETS, PROTOCOL, HParams
 
-GRID_KEYS = {"lr": float, "weight_decay": float, "n_embd": int, "n_layer": int, "n_head": int,
-             "pmem_size": int, "dropout": float, "attn_dropout": float, "pmem_attn_dropout": float,
-             "grad_clip": float}
+GRID_KEYS = {
+    "lr": float,
+    "weight_decay": float,
+    "n_embd": int,
+    "n_layer": int,
+    "n_head": int,
+    "pmem_size": int,
+    "dropout": float,
+    "attn_dropout": float,
+    "pmem_attn_dropout": float,
+    "grad_clip": float,
+}
 
 
 @dataclass

@@ -61,8 +61,9 @@ def warmup_steps(per_epoch: int, epochs: int) -> int:
     return per_epoch * -(-epochs // WARMUP_EPOCH_DIVISOR)
 
 
-def timm_cosine_lr(step: int, base_lr: float, total: int, warmup: int, lr_min: float,
-                   warmup_lr_init: float = WARMUP_START_LR) -> float:
+def timm_cosine_lr(
+    step: int, base_lr: float, total: int, warmup: int, lr_min: float, warmup_lr_init: float = WARMUP_START_LR
+) -> float:
     """Learning rate of optimiser step ``step`` (0-based) under timm's ``CosineLRScheduler(t_initial=total,
     lr_min=lr_min, warmup_t=warmup, warmup_lr_init=warmup_lr_init, warmup_prefix=False)`` with one cycle
     (cycle_mul = cycle_decay = cycle_limit = k_decay = 1), stepped per update as the harness does
@@ -85,15 +86,29 @@ def timm_cosine_lr(step: int, base_lr: float, total: int, warmup: int, lr_min: f
 
 def harness_step(model: torch.nn.Module, hp: HParams, per_epoch: int, epochs: int) -> OptimizerStep:
     """The optimiser step of the harness for ``epochs`` epochs of ``per_epoch`` steps."""
-    schedule = partial(timm_cosine_lr, base_lr=hp["lr"], total=epochs * per_epoch,
-                       warmup=warmup_steps(per_epoch, epochs), lr_min=MIN_LR_RATIO * hp["lr"])
+    schedule = partial(
+        timm_cosine_lr,
+        base_lr=hp["lr"],
+        total=epochs * per_epoch,
+        warmup=warmup_steps(per_epoch, epochs),
+        lr_min=MIN_LR_RATIO * hp["lr"],
+    )
     optimizer = build_harness_optimizer(model, hp["lr"], hp["weight_decay"])
     return OptimizerStep(model, optimizer, schedule, grad_clip=hp.get("grad_clip") or 0.0)
 
 
-def train_one(kind: str, hp: HParams, train: Sequence[Environment], val: Sequence[Environment],
-              test: Sequence[Environment], epochs: int, seed: int, device: str | torch.device = "cpu",
-              progress: bool = True, desc: str = "") -> dict[str, Any]:
+def train_one(
+    kind: str,
+    hp: HParams,
+    train: Sequence[Environment],
+    val: Sequence[Environment],
+    test: Sequence[Environment],
+    epochs: int,
+    seed: int,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    desc: str = "",
+) -> dict[str, Any]:
     """Train one model; return its record (test metrics of the best-validation weights).
 
     Raises :class:`~memory_mosaics.training.loop.TrainingDiverged` if the loss or the gradient norm
@@ -107,8 +122,9 @@ def train_one(kind: str, hp: HParams, train: Sequence[Environment], val: Sequenc
     history = []
     step = 0
     start = time.perf_counter()
-    bar = tqdm(total=epochs * per_epoch, desc=desc or kind, disable=not progress, mininterval=5, leave=True,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=epochs * per_epoch, desc=desc or kind, disable=not progress, mininterval=5, leave=True, dynamic_ncols=True
+    )
     try:
         for epoch in range(epochs):
             model.train()
@@ -121,13 +137,18 @@ def train_one(kind: str, hp: HParams, train: Sequence[Environment], val: Sequenc
                 step += 1
                 bar.update(1)
             val_loss = evaluate(model, val, batch_size=BATCH_SIZE, device=device, metrics=False)["loss"]
-            history.append({"epoch": epoch + 1, "step": step, "train_loss": epoch_loss / epoch_batches,
-                            "val_loss": val_loss})
+            history.append(
+                {"epoch": epoch + 1, "step": step, "train_loss": epoch_loss / epoch_batches, "val_loss": val_loss}
+            )
             if val_loss < best["val_loss"]:
-                best = {"val_loss": val_loss, "epoch": epoch + 1,
-                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-            bar.set_postfix(train=f"{epoch_loss / epoch_batches:.3f}", val=f"{val_loss:.3f}",
-                            best=f"{best['val_loss']:.3f}")
+                best = {
+                    "val_loss": val_loss,
+                    "epoch": epoch + 1,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                }
+            bar.set_postfix(
+                train=f"{epoch_loss / epoch_batches:.3f}", val=f"{val_loss:.3f}", best=f"{best['val_loss']:.3f}"
+            )
     finally:
         bar.close()
     train_time = time.perf_counter() - start
