@@ -78,7 +78,13 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     result = evaluate(
-        model, corpus, context, args.max_windows or None, args.batch_size, device, amp_dtype(args.dtype, device)
+        model,
+        corpus,
+        context,
+        max_windows=args.max_windows or None,
+        batch_size=args.batch_size,
+        device=device,
+        amp_dtype=amp_dtype(args.dtype, device),
     )
     result = {
         **result,

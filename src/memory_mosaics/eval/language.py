@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tokenized import TokenizedCorpus
+from ..plotting import pyplot
 from ..training import distributed
 
 
@@ -75,30 +76,20 @@ def summarize(sums: torch.Tensor, count: int) -> dict[str, Any]:
 
 
 def evaluate(
-    model: nn.Module,
-    corpus: TokenizedCorpus,
-    context: int,
-    max_windows: int | None = None,
-    batch_size: int = 8,
-    device: torch.device | str = "cpu",
-    amp_dtype: torch.dtype | None = None,
-    dist: distributed.Dist | None = None,
+    model: nn.Module, corpus: TokenizedCorpus, context: int, dist: distributed.Dist | None = None, **options
 ) -> dict[str, Any]:
-    """Loss, perplexity and loss by position over the corpus's windows, shared out over ``dist``'s processes."""
+    """Loss, perplexity and loss by position over the corpus's windows, shared out over ``dist``'s
+    processes; ``options`` (max_windows, batch_size, device, amp_dtype) as :func:`position_loss_sums`."""
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
-    sums, count = position_loss_sums(model, corpus, context, max_windows, batch_size, device, amp_dtype, rank, world)
+    sums, count = position_loss_sums(model, corpus, context, **options, rank=rank, world_size=world)
     packed = distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([count])]))
     return summarize(packed[:-1], int(packed[-1]))
 
 
 def plot_loss_by_position(curves: dict[str, list[float]], path: str | os.PathLike, title: str = "") -> bool:
     """Plot each ``label -> loss_by_position`` curve into ``path``; False when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, values in curves.items():

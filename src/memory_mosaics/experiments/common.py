@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from ..plotting import pyplot
 from ..training.distributed import resolve_device
 
 __all__ = ["add_common_arguments", "apply_threads", "check_threads", "pyplot", "resolve_device", "seed_list", "seeds"]
@@ -95,16 +96,3 @@ def apply_threads(threads: int) -> None:
     check_threads(threads)
     if threads:
         torch.set_num_threads(threads)
-
-
-def pyplot():
-    """matplotlib.pyplot with the Agg backend, or None (and one line saying so) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no figures (pip install 'memory-mosaics[plots]')", flush=True)
-        return None
-    return plt

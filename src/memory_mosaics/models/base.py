@@ -239,17 +239,10 @@ class LanguageModel(nn.Module, abc.ABC):
         finally:
             self.train(was_training)
 
-    def generate(
-        self,
-        idx: Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        eos_token: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + n)."""
-        new = list(self.iter_generate(idx, max_new_tokens, temperature, top_k, eos_token, generator))
+    def generate(self, idx: Tensor, max_new_tokens: int, **sampling) -> Tensor:
+        """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + n). ``sampling``:
+        :meth:`iter_generate`'s temperature, top_k, eos_token and generator."""
+        new = list(self.iter_generate(idx, max_new_tokens, **sampling))
         return torch.cat([idx.long(), *new], dim=1)
 
 

@@ -83,10 +83,10 @@ def evaluate_all(
         }
         for name, source in (("valid", cfg.valid), ("ood", ood)):
             corpus = open_corpus(source, tokenizer, cache, progress=False)
-            entry[name] = evaluate(model, corpus, context, windows, batch_size=8, device=device)
+            entry[name] = evaluate(model, corpus, context, max_windows=windows, batch_size=8, device=device)
             if long_context > 1 and run.kind != "gpt":
                 long = long_context * context
-                entry[f"{name}_long"] = evaluate(model, corpus, long, windows, batch_size=2, device=device)
+                entry[f"{name}_long"] = evaluate(model, corpus, long, max_windows=windows, batch_size=2, device=device)
         entry["generations"] = generations(model.cpu(), tokenizer, gen_tokens)
         results[run.key] = entry
         print(f"[language] {run.key}: valid {entry['valid']['loss']:.3f}  ood {entry['ood']['loss']:.3f}", flush=True)

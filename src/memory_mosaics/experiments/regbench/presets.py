@@ -100,44 +100,22 @@ class Preset:
     grid: dict[str, list] = field(default_factory=dict)  # of --grid: a small subset of the paper's search space
 
 
+# fmt: off
 PRESETS: dict[str, Preset] = {
     # the same 224 optimiser steps at every N: 56 / 14 / 7 epochs at N = 100 / 500 / 1000
-    "cpu": Preset(
-        [100, 500, 1000],
-        seeds=[0, 1],
-        epochs=EqualSteps(224),
-        num_test=500,
-        num_val=100,
-        models={
-            "mosaic": mosaic(64, 2, 4, pmem_size=224, dropout=0.05, attn_dropout=0.0, lr=4e-3),
-            "gpt": gpt(64, 2, 2, dropout=0.1, lr=1e-3),
-        },
-        grid={"lr": [1e-3, 2e-3, 4e-3], "weight_decay": [0.01, 0.1]},
-    ),
-    "paper": Preset(
-        [100, 500, 1000, 2500, 40000],
-        seeds=[0, 1],
-        epochs=FixedEpochs(200),
-        num_test=500,
-        num_val=500,
-        models={
-            "mosaic": mosaic(128, 2, 8, pmem_size=448, dropout=0.05, attn_dropout=0.05, lr=5e-4),
-            "gpt": gpt(128, 8, 2, dropout=0.1, lr=5e-4),
-        },
-        grid={"lr": [1e-4, 2.5e-4, 5e-4], "weight_decay": [0.01, 0.1]},
-    ),
+    "cpu": Preset([100, 500, 1000], seeds=[0, 1], epochs=EqualSteps(224), num_test=500, num_val=100,
+                  models={"mosaic": mosaic(64, 2, 4, pmem_size=224, dropout=0.05, attn_dropout=0.0, lr=4e-3),
+                          "gpt": gpt(64, 2, 2, dropout=0.1, lr=1e-3)},
+                  grid={"lr": [1e-3, 2e-3, 4e-3], "weight_decay": [0.01, 0.1]}),
+    "paper": Preset([100, 500, 1000, 2500, 40000], seeds=[0, 1], epochs=FixedEpochs(200), num_test=500, num_val=500,
+                    models={"mosaic": mosaic(128, 2, 8, pmem_size=448, dropout=0.05, attn_dropout=0.05, lr=5e-4),
+                            "gpt": gpt(128, 8, 2, dropout=0.1, lr=5e-4)},
+                    grid={"lr": [1e-4, 2.5e-4, 5e-4], "weight_decay": [0.01, 0.1]}),
     # for tests: tiny models, a handful of steps
-    "quick": Preset(
-        [16],
-        seeds=[0],
-        epochs=FixedEpochs(2),
-        num_test=8,
-        num_val=8,
-        models={
-            "mosaic": mosaic(16, 1, 2, pmem_size=8, dropout=0.0, attn_dropout=0.0, lr=1e-3),
-            "gpt": gpt(16, 1, 2, dropout=0.0, lr=1e-3),
-        },
-        grid={"lr": [1e-3, 2e-3]},
-    ),
+    "quick": Preset([16], seeds=[0], epochs=FixedEpochs(2), num_test=8, num_val=8,
+                    models={"mosaic": mosaic(16, 1, 2, pmem_size=8, dropout=0.0, attn_dropout=0.0, lr=1e-3),
+                            "gpt": gpt(16, 1, 2, dropout=0.0, lr=1e-3)},
+                    grid={"lr": [1e-3, 2e-3]}),
 }
+# fmt: on
 MODELS = ("mosaic", "gpt")  # the kinds every preset configures
