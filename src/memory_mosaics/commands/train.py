@@ -40,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON file of TrainConfig keys")
     parser.add_argument("--out", metavar="DIR", help="run directory: checkpoints, metrics, resolved config")
     parser.add_argument(
-        "--resume", action="store_true", help="continue from OUT/last (starts afresh when OUT has no checkpoint)"
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT: from OUT/last, or the newest intact checkpoint when last is damaged "
+        "(starts afresh when OUT has none; metrics are appended)",
     )
     parser.add_argument(
         "--set",

@@ -1,6 +1,7 @@
-"""Training checkpoints, written atomically.
+"""Training checkpoints, written atomically, and the run folder that holds them.
 
-A run directory holds one folder per saved step and two symbolic links naming the ones to keep::
+A run directory holds one folder per saved step, two symbolic links naming the ones to keep, and a
+manifest of the checkpoints this run wrote::
 
     OUT/ckpt-00001000/   config.json, model.safetensors   (model.save_pretrained)
                          tokenizer.json                    (tokenizer.save)
@@ -8,10 +9,20 @@ A run directory holds one folder per saved step and two symbolic links naming th
                          state.pt                          (optimiser, scaler, step, RNG states, data position)
     OUT/last -> ckpt-00001000
     OUT/best -> ckpt-00000800                              (best validation loss, when kept)
+    OUT/run_manifest.json                                  (checkpoints written by this run; last, best)
+    OUT/train.lock                                         (flock of the training that holds the folder)
 
-A checkpoint is first written into a hidden temporary folder, renamed into place, and only then
-does a link switch to it (``os.replace`` of a symlink, atomic). A process killed at any moment
-leaves ``last`` pointing at a complete checkpoint; leftovers are swept by the next save.
+A checkpoint is first written into a hidden temporary folder, recorded in the manifest, renamed into
+place, and only then does a link switch to it (``os.replace`` of a symlink, atomic). A process killed
+at any moment leaves ``last`` pointing at a complete checkpoint; temporaries of killed saves are swept
+when the next training takes the folder (:func:`sweep_temporaries`, only this module's own names).
+
+No data loss: a save deletes only checkpoints that the manifest says this run wrote and that the
+retention policy retires (all but ``last`` and ``best``); a folder of any other name, or one this run
+did not write (a user's ``ckpt-my-finetune``, another run's ``ckpt-00000099``), is never touched. A
+``last``/``best`` that is not a link (a run folder copied with ``cp -L``) is moved aside to
+``last.replaced-<timestamp>``, never deleted.
+
 ``state.pt`` holds only tensors, numbers, strings and containers of them, and is read back with
 ``torch.load(weights_only=True)``: nothing is unpickled. A checkpoint folder (or ``OUT/last``) is
 also a saved model for :func:`memory_mosaics.models.load_pretrained`.
@@ -19,28 +30,60 @@ also a saved model for :func:`memory_mosaics.models.load_pretrained`.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_model
 from torch import nn
 
+from ..io import atomic_write_text
 from ..models.base import CONFIG_NAME, WEIGHTS_NAME
-from .config import TrainConfig
+from .config import CONFIG_FILE, TrainConfig
 
 STATE_FILE = "state.pt"
+MANIFEST_FILE = "run_manifest.json"
+LOCK_FILE = "train.lock"
+METRICS_FILES = ("metrics.jsonl", "metrics.csv")
 LINKS = ("last", "best")
 _PREFIX = "ckpt-"
 _TMP_PREFIX = ".tmp-ckpt-"
+_STEP_NAME = re.compile(r"ckpt-\d{8}(-\d+)?")
 
 
 def checkpoint_name(step: int) -> str:
     return f"{_PREFIX}{step:08d}"
 
 
+# ---------------------------------------------------------------------- the run manifest
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The run's manifest: ``checkpoints`` (names this run wrote and still keeps), ``last``, ``best``."""
+    path = Path(run_dir) / MANIFEST_FILE
+    manifest: dict[str, Any] = {"format": 1, "checkpoints": [], "last": None, "best": None}
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is unreadable ({err}); move it away to resume without it") from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("checkpoints"), list):
+            raise ValueError(f"{path} is not a run manifest; move it away to resume without it")
+        manifest.update(saved)
+    return manifest
+
+
+def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------- saving
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -52,27 +95,170 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint of ``step`` and point ``links`` at it; return its folder.
 
-    ``model`` is the bare :class:`~memory_mosaics.models.LanguageModel` (not a DDP wrapper).
+    ``model`` is the bare :class:`~memory_mosaics.models.LanguageModel` (not a DDP wrapper). The
+    checkpoints this run wrote that no link keeps any more are then deleted (and only those).
     """
     run_dir = Path(run_dir)
-    final = run_dir / checkpoint_name(step)
-    linked = _linked(run_dir)
-    if final.name not in linked:
+    manifest = read_manifest(run_dir)
+    ours = set(manifest["checkpoints"])
+    name = checkpoint_name(step)
+    if name not in ours and os.path.lexists(run_dir / name):
+        # a folder this run did not write holds the name: keep it, and write ours beside it
+        k = 2
+        while os.path.lexists(run_dir / f"{name}-{k}") and f"{name}-{k}" not in ours:
+            k += 1
+        name = f"{name}-{k}"
+    final = run_dir / name
+    if not (name in ours and name in (manifest.get("last"), manifest.get("best")) and _is_checkpoint(final)):
         tmp = run_dir / f"{_TMP_PREFIX}{step:08d}.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save(tmp)
-        config.save(tmp)
-        torch.save(state, tmp / STATE_FILE)
-        if final.exists():  # a stale folder from a run killed before it was linked
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save(tmp)
+            config.save(tmp)
+            torch.save(state, tmp / STATE_FILE)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # e.g. disk full: leave no partial folder
+            raise
+        if name not in ours:
+            manifest["checkpoints"].append(name)
+            _write_manifest(run_dir, manifest)
+        if os.path.lexists(final):  # ours, from a save killed before it was linked
             shutil.rmtree(final)
         os.rename(tmp, final)
     for link in links:
-        _point(run_dir / link, final.name)
-    _sweep(run_dir)
+        _point(run_dir / link, name)
+        manifest[link] = name
+    keep = {manifest.get(link) for link in LINKS}
+    retired = [c for c in manifest["checkpoints"] if c not in keep]
+    manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c in keep]
+    _write_manifest(run_dir, manifest)
+    for old in retired:
+        shutil.rmtree(run_dir / old, ignore_errors=True)
     return final
 
 
+def _point(link: Path, target: str) -> None:
+    if os.path.lexists(link) and not link.is_symlink():  # a folder or file (a copy made with cp -L)
+        os.rename(link, link.with_name(f"{link.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"))
+    tmp = link.with_name(f".{link.name}.tmp.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def sweep_temporaries(run_dir: str | os.PathLike) -> list[str]:
+    """Remove what killed saves left behind (this module's temporary names only); return their names."""
+    run_dir = Path(run_dir)
+    tmp_files = tuple(f".{name}." for name in (CONFIG_FILE, MANIFEST_FILE))
+    swept = []
+    for p in run_dir.iterdir():
+        name = p.name
+        if name.startswith(_TMP_PREFIX) or any(name.startswith(f".{link}.tmp.") for link in LINKS):
+            pass
+        elif name.startswith(tmp_files) and name.endswith(".tmp"):
+            pass
+        else:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        swept.append(name)
+    return swept
+
+
+# ---------------------------------------------------------------------- the run folder
+def previous_run(run_dir: str | os.PathLike) -> list[str]:
+    """What ``run_dir`` holds of an earlier training: checkpoint folders, metrics, config, manifest, links."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    names = {CONFIG_FILE, MANIFEST_FILE, *METRICS_FILES, *LINKS}
+    return sorted(
+        p.name
+        for p in run_dir.iterdir()
+        if p.name in names or p.name.startswith(_PREFIX) or (p.is_dir() and _is_checkpoint(p))
+    )
+
+
+def checkpoint_problem(ckpt: str | os.PathLike) -> str | None:
+    """Why ``ckpt`` is not an intact training checkpoint, or None when it is."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        return "missing" if not os.path.lexists(ckpt) else "not a folder (or a dangling link)"
+    for name in (CONFIG_NAME, WEIGHTS_NAME, STATE_FILE):
+        if not (ckpt / name).is_file():
+            return f"no {name}"
+    try:
+        with safe_open(str(ckpt / WEIGHTS_NAME), framework="pt") as f:
+            f.keys()
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file makes the checkpoint damaged
+        return f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return f"{STATE_FILE} holds no training state"
+    return None
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+
+
+def find_resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, str | None]:
+    """The checkpoint to resume: ``last`` when intact, else the newest intact one this run's manifest
+    lists or that is named ``ckpt-NNNNNNNN``; and a note saying why ``last`` was passed over (or None)."""
+    run_dir = Path(run_dir)
+    last = run_dir / "last"
+    problem = checkpoint_problem(last)
+    if problem is None:
+        return last.resolve(), None
+    try:
+        ours = set(read_manifest(run_dir)["checkpoints"])
+    except ValueError:
+        ours = set()
+    candidates = []
+    for p in run_dir.iterdir() if run_dir.is_dir() else ():
+        if (p.name in ours or _STEP_NAME.fullmatch(p.name)) and checkpoint_problem(p) is None:
+            step = torch.load(p / STATE_FILE, map_location="cpu", weights_only=True)["step"]
+            candidates.append((step, p.name in ours, p.name, p))
+    if not candidates:
+        return None, f"'last' is {problem} and no other intact checkpoint was found"
+    best = max(candidates)[-1]
+    return best.resolve(), f"'last' is {problem}; fell back to the newest intact checkpoint {best}"
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``run_dir/train.lock``, holding the holder's pid; released by :meth:`release`."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.file = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                self.file.close()
+                raise
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise ValueError(
+                f"{run_dir} is in use by another training (pid {holder}, lock {self.path}); "
+                "wait for it to end or choose another --out"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+
+
+# ---------------------------------------------------------------------- loading
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The folder ``run_dir/last`` points at, or None."""
     last = Path(run_dir) / "last"
@@ -104,29 +290,3 @@ def load_state(ckpt: str | os.PathLike) -> dict[str, Any]:
 def load_weights(model: nn.Module, ckpt: str | os.PathLike, device: torch.device | str = "cpu") -> None:
     """Load a checkpoint's ``model.safetensors`` into ``model`` (shapes must match)."""
     load_model(model, Path(ckpt) / WEIGHTS_NAME, device=str(device))
-
-
-def _point(link: Path, target: str) -> None:
-    tmp = link.with_name(f".{link.name}.tmp.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-
-
-def _linked(run_dir: Path) -> set[str]:
-    names = set()
-    for link in LINKS:
-        p = run_dir / link
-        if p.is_symlink():
-            names.add(os.readlink(p))
-    return names
-
-
-def _sweep(run_dir: Path) -> None:
-    """Remove checkpoint folders no link points at, and temporaries of earlier (killed) saves."""
-    keep = _linked(run_dir)
-    for p in run_dir.iterdir():
-        if (p.name.startswith(_PREFIX) and p.name not in keep and p.is_dir()) or p.name.startswith(_TMP_PREFIX):
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.is_symlink() and any(p.name.startswith(f".{link}.tmp.") for link in LINKS):
-            p.unlink()

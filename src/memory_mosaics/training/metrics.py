@@ -1,12 +1,30 @@
 """The training metrics log: rows appended to ``metrics.jsonl`` and ``metrics.csv`` (and TensorBoard
-when it is installed); a resumed run keeps the rows up to its checkpoint's step."""
+when it is installed).
+
+The files are only ever appended to, never rewritten: a resumed run opens them in append mode (the
+CSV header is written only when the file is new), so rows logged before a crash stay in the file,
+including those of steps after the checkpoint the run resumed from, which the resumed run logs again.
+A reader must therefore take the **last row per (split, step)** (as
+:func:`memory_mosaics.experiments.language.evaluate.curves` does); :func:`last_rows` does it.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+
+def last_rows(rows: list[dict]) -> list[dict]:
+    """The last row of each (split, step), in the order of those last rows' first appearance by step."""
+    latest: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row.get("split"), row.get("step"))
+        latest.pop(key, None)  # a row logged again moves to its new place
+        latest[key] = row
+    return list(latest.values())
 
 
 class MetricsLog:
@@ -25,16 +43,15 @@ class MetricsLog:
         "elapsed_s",
     )
 
-    def __init__(self, out_dir: Path, resume_step: int | None, tensorboard: bool = True):
+    def __init__(self, out_dir: Path, tensorboard: bool = True):
         self.jsonl_path, self.csv_path = out_dir / "metrics.jsonl", out_dir / "metrics.csv"
-        rows = self._read() if resume_step is not None else []
-        rows = [r for r in rows if r.get("step", 0) <= (resume_step or 0)]  # drop steps the resumed run redoes
-        self.jsonl = open(self.jsonl_path, "w", encoding="utf-8")
-        self.csv_file = open(self.csv_path, "w", newline="", encoding="utf-8")
+        self.jsonl = _open_append(self.jsonl_path)
+        new_csv = not self.csv_path.is_file() or self.csv_path.stat().st_size == 0
+        self.csv_file = _open_append(self.csv_path)
         self.csv = csv.DictWriter(self.csv_file, fieldnames=self.FIELDS, extrasaction="ignore")
-        self.csv.writeheader()
-        for row in rows:
-            self._write(row)
+        if new_csv:
+            self.csv.writeheader()
+            self.csv_file.flush()
         self.tb = None
         if tensorboard:
             try:
@@ -43,17 +60,6 @@ class MetricsLog:
                 self.tb = SummaryWriter(str(out_dir / "tensorboard"))
             except Exception:  # tensorboard is optional
                 self.tb = None
-
-    def _read(self) -> list[dict]:
-        if not self.jsonl_path.is_file():
-            return []
-        rows = []
-        for line in self.jsonl_path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill
-                pass
-        return rows
 
     def _write(self, row: dict) -> None:
         self.jsonl.write(json.dumps(row) + "\n")
@@ -73,3 +79,17 @@ class MetricsLog:
         self.csv_file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _open_append(path: Path):
+    """``path`` opened for appending; a last line cut by a kill is ended first, so the next row stays whole."""
+    cut = False
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+    f = open(path, "a", newline="", encoding="utf-8")
+    if cut:
+        f.write("\n")
+        f.flush()
+    return f

@@ -29,7 +29,17 @@ from ..data.tokenizers import load_tokenizer
 from ..eval.language import evaluate
 from ..models import lookup
 from . import distributed
-from .checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint
+from .checkpoint import (
+    RunLock,
+    find_resume_checkpoint,
+    latest_checkpoint,
+    load_state,
+    load_weights,
+    previous_run,
+    read_manifest,
+    save_checkpoint,
+    sweep_temporaries,
+)
 from .config import TrainConfig
 from .loop import OptimizerStep, TrainingDiverged
 from .metrics import MetricsLog
@@ -53,9 +63,15 @@ def amp_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
 class Trainer:
     """Set everything up from a :class:`TrainConfig`; :meth:`fit` runs the loop.
 
-    With ``resume`` the run continues from ``out_dir/last`` when there is one (and starts afresh
-    otherwise); without it, an ``out_dir`` that already holds a checkpoint is refused.
+    The main process holds an exclusive lock on ``out_dir`` (``train.lock``, with its pid) from here to
+    the end of :meth:`fit` or :meth:`close`: a second training on the same folder is refused. Without
+    ``resume``, an ``out_dir`` holding anything of a previous run (checkpoints, metrics, config,
+    manifest, links) is refused; with it, the run continues from ``out_dir/last`` when that is an
+    intact checkpoint, else from the newest intact one (said in the log), and starts afresh when
+    there is none. Temporaries of killed saves are swept first.
     """
+
+    lock: RunLock | None = None
 
     def __init__(
         self,
@@ -79,11 +95,35 @@ class Trainer:
                 f"batch_size {cfg.batch_size} is not a multiple of grad_accum x processes "
                 f"= {cfg.grad_accum} x {d.world_size}"
             )
-        ckpt = latest_checkpoint(self.out)
-        if ckpt is not None and not resume:
-            raise ValueError(
-                f"{self.out} already holds a checkpoint; pass --resume to continue it or choose another --out"
-            )
+        try:
+            self._setup(resume, d)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _setup(self, resume: bool, d: distributed.Dist) -> None:
+        cfg = self.cfg
+        if d.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.out)
+            found = previous_run(self.out)
+            if found and not resume:
+                shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+                raise ValueError(
+                    f"{self.out} holds a previous run ({shown}); pass --resume to continue it or choose another --out"
+                )
+            read_manifest(self.out)  # an unreadable manifest fails now, not at the first save
+            swept = sweep_temporaries(self.out)
+            if swept:
+                self.log(f"removed {len(swept)} temporary file(s) of an interrupted save in {self.out}")
+        ckpt = None
+        if resume:
+            with distributed.main_first(d):  # rank 0 reports; every process finds the same checkpoint
+                ckpt, note = find_resume_checkpoint(self.out) if self.out.is_dir() else (None, None)
+            if note:
+                self.log(f"{self.out}: {note}")
+        self.last_good: Path | None = ckpt
+        self.last_loss: float | None = None
         self.amp_dtype = amp_dtype(cfg.dtype, self.device)
         progress = cfg.progress and d.is_main
 
@@ -136,14 +176,13 @@ class Trainer:
             self._restore(load_state(ckpt))
             self.log(f"resumed from {ckpt} at step {self.step}")
         elif resume:
-            self.log(f"no checkpoint in {self.out}; starting from scratch")
+            self.log(f"no intact checkpoint in {self.out}; starting from scratch (metrics are appended)")
         self.ddp = distributed.wrap(self.model, d)
         self.train_model = torch.compile(self.ddp) if cfg.compile else self.ddp
         self.metrics = None
         if d.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out)
-            self.metrics = MetricsLog(self.out, self.step if ckpt else None, cfg.tensorboard)
+            self.metrics = MetricsLog(self.out, cfg.tensorboard)
 
     # ------------------------------------------------------------------ one step
     def autocast(self):
@@ -174,9 +213,8 @@ class Trainer:
         try:
             result = self.optimizer_step(self.step, micro_loss, cfg.grad_accum, sync_last)
         except TrainingDiverged as err:
-            last = latest_checkpoint(self.out)
-            kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint had been written yet"
-            raise TrainingDiverged(f"{err}; training stopped, {kept}") from None
+            raise TrainingDiverged(f"{err}; training stopped, {self._kept()}") from None
+        self.last_loss = result.loss
         self.step += 1
         self.tokens_seen += cfg.batch_size * cfg.context
         return result.loss, result.grad_norm
@@ -256,6 +294,7 @@ class Trainer:
             bar.close()
             if self.metrics is not None:
                 self.metrics.close()
+            self._release_lock()
         tokens_done = self.tokens_seen - tokens_at_start
         summary.update(
             step=self.step,
@@ -295,8 +334,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, best: bool = False) -> Path | None:
-        """Checkpoint the current step (every process takes part; rank 0 writes)."""
+        """Checkpoint the current step (every process takes part; rank 0 writes).
+
+        Only a good state is written: the last training loss must be finite and every weight finite
+        (else :class:`TrainingDiverged`, naming the last good checkpoint), so ``last`` never points at
+        a diverged state. The weights are the same on every process, so all of them decide alike.
+        """
         d = self.dist
+        bad = [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+        if bad or (self.last_loss is not None and not math.isfinite(self.last_loss)):
+            what = f"{len(bad)} weight tensor(s) are not finite (e.g. {bad[0]})" if bad else "the loss is not finite"
+            raise TrainingDiverged(f"{what} after step {self.step}; training stopped, {self._kept()}")
         torch_rng = distributed.all_gather(torch.get_rng_state(), d)
         cuda_rng = (
             distributed.all_gather(torch.cuda.get_rng_state(self.device), d) if self.device.type == "cuda" else []
@@ -318,8 +366,20 @@ class Trainer:
             }
             links = ("last", "best") if best else ("last",)
             path = save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.cfg, state, links)
+            self.last_good = path.resolve()
         distributed.barrier()
         return path
+
+    def _kept(self) -> str:
+        """Where the last good state is, for a divergence message."""
+        if self.last_good is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint is kept: {self.last_good}"
+
+    def _release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -340,4 +400,5 @@ class Trainer:
             torch.manual_seed(self.cfg.seed + 1 + rank + self.step * world)
 
     def close(self) -> None:
+        self._release_lock()
         distributed.shutdown()

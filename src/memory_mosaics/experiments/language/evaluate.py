@@ -26,8 +26,20 @@ PROMPTS = (
 
 
 def curves(run_dir: Path) -> dict[str, list]:
-    """(tokens, loss) pairs of the train and valid rows, the diagnostics rows, the tokens/s of each train row."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """(tokens, loss) pairs of the train and valid rows, the diagnostics rows, the tokens/s of each train row.
+
+    The log is append-only: after a resume, steps logged before the crash appear twice, and the last
+    row of each (split, step) is the one kept (:func:`memory_mosaics.training.metrics.last_rows`).
+    """
+    from ...training.metrics import last_rows
+
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # blank, or cut by a kill
+            continue
+    rows = sorted(last_rows(rows), key=lambda row: row["step"])
     out = {"train": [], "valid": [], "diagnostics": []}
     for row in rows:
         if row["split"] == "diagnostics":
