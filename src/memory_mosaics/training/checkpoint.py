@@ -56,7 +56,7 @@ METRICS_FILES = ("metrics.jsonl", "metrics.csv")
 LINKS = ("last", "best")
 _PREFIX = "ckpt-"
 _TMP_PREFIX = ".tmp-ckpt-"
-_STEP_NAME = re.compile(r"ckpt-\d{8}(-\d+)?")
+_STEP_NAME = re.compile(r"ckpt-(\d{8})(?:-\d+)?")
 
 
 def checkpoint_name(step: int) -> str:
@@ -217,15 +217,15 @@ def find_resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, str
         ours = set(read_manifest(run_dir)["checkpoints"])
     except ValueError:
         ours = set()
-    candidates = []
+    candidates = []  # newest first by the step in the name; the first intact one is taken
     for p in run_dir.iterdir() if run_dir.is_dir() else ():
-        if (p.name in ours or _STEP_NAME.fullmatch(p.name)) and checkpoint_problem(p) is None:
-            step = torch.load(p / STATE_FILE, map_location="cpu", weights_only=True)["step"]
-            candidates.append((step, p.name in ours, p.name, p))
-    if not candidates:
-        return None, f"'last' is {problem} and no other intact checkpoint was found"
-    best = max(candidates)[-1]
-    return best.resolve(), f"'last' is {problem}; fell back to the newest intact checkpoint {best}"
+        match = _STEP_NAME.fullmatch(p.name)
+        if match or p.name in ours:
+            candidates.append((int(match.group(1)) if match else -1, p.name in ours, p.name, p))
+    for *_, p in sorted(candidates, reverse=True):
+        if checkpoint_problem(p) is None:
+            return p.resolve(), f"'last' is {problem}; fell back to the newest intact checkpoint {p}"
+    return None, f"'last' is {problem} and no other intact checkpoint was found"
 
 
 class RunLock:
