@@ -27,6 +27,18 @@ def last_rows(rows: list[dict]) -> list[dict]:
     return list(latest.values())
 
 
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of ``RUN/metrics.jsonl``, the last of each (split, step), sorted by step (a line cut
+    by a kill is skipped)."""
+    rows = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # blank, or cut by a kill
+            continue
+    return sorted(last_rows(rows), key=lambda row: row["step"])
+
+
 class MetricsLog:
     """Rows of metrics appended to ``metrics.jsonl`` and ``metrics.csv`` (and TensorBoard if installed)."""
 

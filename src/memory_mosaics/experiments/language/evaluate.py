@@ -15,6 +15,7 @@ from ...eval.language import evaluate
 from ...models import load_pretrained
 from ...training.checkpoint import resolve_checkpoint
 from ...training.config import TrainConfig
+from ...training.metrics import read_metrics
 from .runs import Run
 
 PROMPTS = (
@@ -29,17 +30,9 @@ def curves(run_dir: Path) -> dict[str, list]:
     """(tokens, loss) pairs of the train and valid rows, the diagnostics rows, the tokens/s of each train row.
 
     The log is append-only: after a resume, steps logged before the crash appear twice, and the last
-    row of each (split, step) is the one kept (:func:`memory_mosaics.training.metrics.last_rows`).
+    row of each (split, step) is the one kept (:func:`memory_mosaics.training.metrics.read_metrics`).
     """
-    from ...training.metrics import last_rows
-
-    rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # blank, or cut by a kill
-            continue
-    rows = sorted(last_rows(rows), key=lambda row: row["step"])
+    rows = read_metrics(run_dir)
     out = {"train": [], "valid": [], "diagnostics": []}
     for row in rows:
         if row["split"] == "diagnostics":

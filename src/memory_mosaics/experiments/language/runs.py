@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...training.config import TrainConfig
+from ...training.metrics import read_metrics
 
 # v2 switches at the CPU context of 256: gated keys, adaptive bandwidth, a short-term memory over the
 # last 128 pairs and a long-term one skipping m ~ U[32, 128] (32 at inference), SwiGLU persistent
@@ -125,8 +126,7 @@ def train_all(runs: list[Run], base: TrainConfig, jobs: int, deadline: float | N
 
 
 def final_valid_loss(run_dir: Path) -> float:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    losses = [row["loss"] for row in rows if row["split"] == "valid"]
+    losses = [row["loss"] for row in read_metrics(run_dir) if row["split"] == "valid"]
     if not losses:
         raise ValueError(f"{run_dir}: no validation loss was logged (the preset needs a `valid` corpus)")
     return losses[-1]
