@@ -28,18 +28,8 @@ from ..data.sources import build_tokenizer, open_corpus, resolve_cache_dir
 from ..data.tokenizers import load_tokenizer
 from ..eval.language import evaluate
 from ..models import lookup
+from . import checkpoint as checkpoints
 from . import distributed
-from .checkpoint import (
-    RunLock,
-    find_resume_checkpoint,
-    latest_checkpoint,
-    load_state,
-    load_weights,
-    previous_run,
-    read_manifest,
-    save_checkpoint,
-    sweep_temporaries,
-)
 from .config import TrainConfig
 from .loop import OptimizerStep, TrainingDiverged
 from .metrics import MetricsLog
@@ -71,7 +61,7 @@ class Trainer:
     there is none. Temporaries of killed saves are swept first.
     """
 
-    lock: RunLock | None = None
+    lock: checkpoints.RunLock | None = None
 
     def __init__(
         self,
@@ -105,21 +95,21 @@ class Trainer:
         cfg = self.cfg
         if d.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.lock = RunLock(self.out)
-            found = previous_run(self.out)
+            self.lock = checkpoints.RunLock(self.out)
+            found = checkpoints.previous_run(self.out)
             if found and not resume:
                 shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
                 raise ValueError(
                     f"{self.out} holds a previous run ({shown}); pass --resume to continue it or choose another --out"
                 )
-            read_manifest(self.out)  # an unreadable manifest fails now, not at the first save
-            swept = sweep_temporaries(self.out)
+            checkpoints.read_manifest(self.out)  # an unreadable manifest fails now, not at the first save
+            swept = checkpoints.sweep_temporaries(self.out)
             if swept:
                 self.log(f"removed {len(swept)} temporary file(s) of an interrupted save in {self.out}")
         ckpt = None
         if resume:
             with distributed.main_first(d):  # rank 0 reports; every process finds the same checkpoint
-                ckpt, note = find_resume_checkpoint(self.out) if self.out.is_dir() else (None, None)
+                ckpt, note = checkpoints.find_resume_checkpoint(self.out) if self.out.is_dir() else (None, None)
             if note:
                 self.log(f"{self.out}: {note}")
         self.last_good: Path | None = ckpt
@@ -151,7 +141,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = lookup(cfg.model)[1](cfg.model_config(self.tokenizer.vocab_size))
         if ckpt:
-            load_weights(self.model, ckpt)
+            checkpoints.load_weights(self.model, ckpt)
         self.model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -173,7 +163,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.step, self.tokens_seen, self.best_val, self.data_time = 0, 0, math.inf, 0.0
         if ckpt:
-            self._restore(load_state(ckpt))
+            self._restore(checkpoints.load_state(ckpt))
             self.log(f"resumed from {ckpt} at step {self.step}")
         elif resume:
             self.log(f"no intact checkpoint in {self.out}; starting from scratch (metrics are appended)")
@@ -299,7 +289,7 @@ class Trainer:
         summary.update(
             step=self.step,
             tokens_per_s=tokens_done / train_time if train_time else None,
-            checkpoint=str(latest_checkpoint(self.out)) if self.dist.is_main else None,
+            checkpoint=str(checkpoints.latest_checkpoint(self.out)) if self.dist.is_main else None,
         )
         return summary
 
@@ -365,7 +355,7 @@ class Trainer:
                 "world_size": d.world_size,
             }
             links = ("last", "best") if best else ("last",)
-            path = save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.cfg, state, links)
+            path = checkpoints.save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.cfg, state, links)
             self.last_good = path.resolve()
         distributed.barrier()
         return path
