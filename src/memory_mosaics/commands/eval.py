@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".json":
         raise ValueError(f"--out must name a .json file, got {out}")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name a .json file")
+    out.parent.mkdir(parents=True, exist_ok=True)  # a folder that lies under a file fails now, not after the work
     model = load_pretrained(ckpt)
     tokenizer = load_tokenizer(ckpt)
     context = args.context
@@ -95,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
         "parameters": model.num_params(),
         "dtype": str(amp_dtype(args.dtype, device) or torch.float32).replace("torch.", ""),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     label = f"{model.config.model_type} ({ckpt.parent.name}/{ckpt.name})"

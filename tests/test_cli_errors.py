@@ -1,0 +1,175 @@
+"""The CLI's error boundary (issue 9, item 1) and validation before work starts (item 2).
+
+Expected failures end with one line ``mosaics: error: ...`` and exit status 2, runtime failures with
+exit status 1, Ctrl-C with 130 and a closed stdout quietly with 141; ``--debug``/``MOSAICS_DEBUG=1``
+re-raise, and a bug still shows its traceback."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from memory_mosaics import cli
+from memory_mosaics.commands import generate
+from memory_mosaics.training.loop import TrainingDiverged
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mosaics: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def run_raising(monkeypatch, exc: BaseException, *extra: str) -> int:
+    def boom(args):
+        raise exc
+
+    monkeypatch.setattr(generate, "run", boom)
+    return cli.main([*extra, "generate", "--checkpoint", "ckpt-dir"])
+
+
+@pytest.mark.parametrize(
+    "exc, status, words",
+    [
+        (ValueError("--lr must be > 0, got -1"), 2, "--lr must be > 0"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/nope/x"), 2, "/nope/x"),
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory", "/etc/passwd/x"), 2, "/etc/passwd/x"),
+        (IsADirectoryError(errno.EISDIR, "Is a directory", "/tmp"), 2, "give a file path"),
+        (FileExistsError(errno.EEXIST, "File exists", "/tmp/f"), 2, "choose another path"),
+        (PermissionError(errno.EACCES, "Permission denied", "/root/x"), 2, "permissions"),
+        (OSError(errno.ENOSPC, "No space left on device", "/full/out.json"), 2, "no space left on the device writing"),
+        (OSError(errno.ENOSPC, "No space left on device"), 2, "free some space"),
+        (OSError(errno.EIO, "Input/output error", "/dev/sdz"), 2, "/dev/sdz"),
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), 2, "not UTF-8"),
+        (json.JSONDecodeError("Expecting value", "x", 0), 2, "Expecting value"),
+        (EOFError("Ran out of input"), 2, "cannot read the checkpoint ckpt-dir"),
+        (RuntimeError("PytorchStreamReader failed reading zip archive"), 2, "cannot load the checkpoint ckpt-dir"),
+        (RuntimeError("Error(s) in loading state_dict:\n\tsize mismatch"), 2, "cannot load the checkpoint"),
+        (TrainingDiverged("loss is nan at step 3"), 1, "loss is nan at step 3"),
+        (MemoryError(), 1, "out of memory"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
+def test_expected_failures_end_with_one_line(monkeypatch, capsys, exc, status, words):
+    monkeypatch.delenv("MOSAICS_DEBUG", raising=False)
+    assert run_raising(monkeypatch, exc) == status
+    line = one_error_line(capsys.readouterr().err)
+    assert words in line, line
+
+
+def test_a_bug_still_shows_its_traceback(monkeypatch):
+    monkeypatch.delenv("MOSAICS_DEBUG", raising=False)
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_raising(monkeypatch, RuntimeError("a bug"))
+    with pytest.raises(KeyError):
+        run_raising(monkeypatch, KeyError("data_rng"))
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_debug_re_raises(monkeypatch, how):
+    monkeypatch.delenv("MOSAICS_DEBUG", raising=False)
+    extra = ["--debug"] if how == "flag" else []
+    if how == "env":
+        monkeypatch.setenv("MOSAICS_DEBUG", "1")
+    with pytest.raises(ValueError, match="bad"):
+        run_raising(monkeypatch, ValueError("bad"), *extra)
+
+
+def test_safetensors_error_names_the_checkpoint(monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    monkeypatch.delenv("MOSAICS_DEBUG", raising=False)
+    assert run_raising(monkeypatch, SafetensorError("Error while deserializing header: HeaderTooSmall")) == 2
+    assert "ckpt-dir" in one_error_line(capsys.readouterr().err)
+
+
+def tiny_checkpoint(directory):
+    from memory_mosaics.models import lookup
+    from memory_mosaics.training.config import TrainConfig
+
+    config = TrainConfig(model="gpt", n_layer=1, n_head=1, n_embd=8, context=8).model_config(64)
+    lookup("gpt")[1](config).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_corrupted_weights_of_a_real_checkpoint(tmp_path, capsys, damage):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x00" * 64}[damage])
+    assert cli.main(["generate", "--checkpoint", str(ckpt), "--prompt", "x"]) == 2
+    assert str(ckpt) in one_error_line(capsys.readouterr().err)
+
+
+def test_bad_config_files(tmp_path, capsys):
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'{"lr": "\xe9"}')
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    for path in (latin1, listed, tmp_path):
+        assert cli.main(["train", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+        assert str(path) in one_error_line(capsys.readouterr().err)
+
+
+def test_eval_refuses_an_out_under_a_file_before_loading(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = ["eval", "--checkpoint", str(ckpt), "--data", str(blocker), "--out", str(blocker / "r.json")]
+    assert cli.main([*args, "--context", "8"]) == 2
+    assert str(blocker) in one_error_line(capsys.readouterr().err)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from memory_mosaics import cli
+    from memory_mosaics.commands import generate
+
+    def flood(args):
+        while True:
+            print("x" * 1000)
+
+    def wait(args):
+        print("ready", flush=True)
+        time.sleep(60)
+
+    generate.run = {"flood": flood, "wait": wait}[sys.argv[1]]
+    sys.exit(cli.main(["generate", "--checkpoint", "c"]))
+    """
+)
+
+
+def child(mode: str, **kwargs) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "MOSAICS_DEBUG"}
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, mode], env=env, stderr=subprocess.PIPE, **kwargs)
+
+
+def test_closed_stdout_exits_quietly_with_141():
+    proc = child("flood", stdout=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141, err
+    assert err.decode().strip() == ""
+
+
+def test_ctrl_c_exits_130_with_one_line():
+    proc = child("wait", stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in one_error_line(err.decode())
