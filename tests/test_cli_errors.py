@@ -173,3 +173,119 @@ def test_ctrl_c_exits_130_with_one_line():
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in one_error_line(err.decode())
+
+
+# ---------------------------------------------------------------------- item 2: validation before work starts
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--lr", "inf"], "lr (--lr) must be a finite number, got inf"),
+        (["--lr", "0"], "lr (--lr) must be > 0"),
+        (["--set", "lr=Infinity"], "lr (--lr) must be a finite number"),
+        (["--set", "lr=1e999999"], "lr (--lr) must be a finite number"),
+        (["--set", f"lr={10**400}"], "too large for a float"),
+        (["--min-lr", "inf"], "min_lr (--min-lr) must be a finite number"),
+        (["--min-lr", "-1"], "min_lr (--min-lr) must be >= 0"),
+        (["--set", "weight_decay=NaN"], "weight_decay (--weight-decay) must be a finite number, got nan"),
+        (["--weight-decay", "-0.1"], "weight_decay (--weight-decay) must be >= 0"),
+        (["--grad-clip", "nan"], "grad_clip (--grad-clip) must be a finite number, got nan"),
+        (["--set", "grad_clip=NaN"], "grad_clip (--grad-clip) must be a finite number"),
+        (["--grad-clip", "-1"], "grad_clip (--grad-clip) must be >= 0"),
+        (["--betas", "0.9", "1.0"], "betas (--betas) must be two numbers in [0, 1)"),
+        (["--betas", "nan", "0.9"], "(--betas) must be a finite number"),
+        (["--set", "betas=[0.9]"], "betas (--betas) must be two numbers"),
+        (["--dropout", "1"], "dropout (--dropout) must be in [0, 1)"),
+        (["--dropout", "nan"], "dropout (--dropout) must be a finite number"),
+        (["--threads", "-1"], "threads (--threads) must be >= 0"),
+        (["--threads", "100000"], "threads (--threads) must be at most"),
+        (["--context", "-1"], "context (--context) must be positive, got -1"),
+        (["--n-embd", "0"], "n_embd (--n-embd) must be positive"),
+        (["--n-layer", "100000000"], "GiB of parameters; the machine has"),
+        (["--n-embd", "2000000000"], "choose a smaller --n-layer or --n-embd"),
+        (["--seed", str(2**70)], "seed (--seed) must be in [0, 2**63 - 1]"),
+    ],
+)
+def test_train_options_are_checked_before_work(tmp_path, capsys, extra, words):
+    out = tmp_path / "out"
+    assert cli.main(["train", "--data", str(tmp_path / "none.txt"), "--out", str(out), *extra]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert words in line, line
+    assert not out.exists()  # refused before anything was written
+
+
+def test_train_config_file_non_finite(tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"grad_clip": NaN}')  # Python's JSON reader accepts NaN
+    assert cli.main(["train", "--config", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    assert "grad_clip (--grad-clip) must be a finite number" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--temperature", "nan"], "--temperature must be 0 (greedy) or a finite number >= 0.001, got nan"),
+        (["--temperature", "inf"], "--temperature must be 0"),
+        (["--temperature", "-1"], "--temperature must be 0"),
+        (["--temperature", "1e-30"], "got 1e-30"),
+        (["--top-k", "0"], "--top-k must be >= 1, got 0"),
+        (["--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),
+        (["--seed", str(2**64)], "--seed must be in [0, 2**63 - 1]"),
+        (["--seed", "-1"], "--seed must be in"),
+        (["--prompt", "caf\udce9"], "--prompt is not UTF-8 text"),
+    ],
+)
+def test_generate_options_are_checked_before_loading(tmp_path, capsys, extra, words):
+    # the checkpoint does not exist: the option is refused first
+    assert cli.main(["generate", "--checkpoint", str(tmp_path / "none"), *extra]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert words in line, line
+
+
+def test_generate_accepts_the_bounds(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    for t in ("0", "0.001"):
+        # the options pass; the tiny checkpoint has no tokenizer, which is the error that follows
+        assert cli.main(["generate", "--checkpoint", str(ckpt), "--prompt", "x", "--temperature", t]) == 2
+        assert "tokenizer" in one_error_line(capsys.readouterr().err)
+
+
+def test_generate_non_utf8_stdin(tmp_path):
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "tests"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(src)!r})
+        from test_cli_errors import tiny_checkpoint
+        from memory_mosaics.data import tokenizers
+        from memory_mosaics import cli
+        from pathlib import Path
+        ckpt = tiny_checkpoint(Path({str(tmp_path / "ckpt")!r}))
+        tokenizers.load_tokenizer = lambda path: None  # the prompt is read before it is tokenized
+        sys.exit(cli.main(["generate", "--checkpoint", str(ckpt)]))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MOSAICS_DEBUG"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], input=b"caf\xe9 \xff", capture_output=True, env=env, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "the prompt on stdin is not UTF-8 text" in one_error_line(proc.stderr.decode())
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--context", "-1"], "--context must be >= 1, got -1"),
+        (["--context", "0"], "--context must be >= 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--max-windows", "-1"], "--max-windows must be >= 0"),
+        (["--dtype", "fp8"], "unknown --dtype 'fp8'"),
+    ],
+)
+def test_eval_options_are_checked_before_loading(tmp_path, capsys, extra, words):
+    args = ["eval", "--checkpoint", str(tmp_path / "none"), "--data", "x", "--out", str(tmp_path / "r.json")]
+    assert cli.main([*args, *extra]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert words in line, line

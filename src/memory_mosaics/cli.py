@@ -129,7 +129,14 @@ def classify(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | 
         return INTERRUPTED, "interrupted (Ctrl-C); a training resumes with --resume"
     if isinstance(exc, TrainingDiverged):
         return RUNTIME_ERROR, f"{exc}"
-    if isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)):
+    out_of_memory = isinstance(exc, RuntimeError) and any(
+        key in str(exc) for key in ("can't allocate memory", "CUDA out of memory", "MPS backend out of memory")
+    )
+    if (
+        out_of_memory
+        or isinstance(exc, MemoryError)
+        or (torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError))
+    ):
         first = str(exc).splitlines()[0] if str(exc) else ""
         return RUNTIME_ERROR, f"out of memory ({first or type(exc).__name__}); use a smaller model, batch or input"
     if isinstance(exc, UnicodeDecodeError):

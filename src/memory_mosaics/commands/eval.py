@@ -36,6 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Raise ValueError naming the first out-of-range option (before any work)."""
+    if args.context is not None and args.context < 1:
+        raise ValueError(f"--context must be >= 1, got {args.context}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_windows < 0:
+        raise ValueError(f"--max-windows must be >= 0 (0: all), got {args.max_windows}")
+    if args.dtype not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown --dtype {args.dtype!r}; expected auto, fp32, bf16 or fp16")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -48,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.distributed import resolve_device
     from ..training.trainer import amp_dtype
 
+    check_options(args)
     ckpt = resolve_checkpoint(args.checkpoint)
     out = Path(args.out)
     if out.suffix != ".json":
@@ -66,11 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("no training config in the checkpoint: pass --context N")
     if context > getattr(model.config, "block_size", context):
         raise ValueError(f"--context {context} exceeds the model's block_size {model.config.block_size}")
-    if args.batch_size <= 0 or args.max_windows < 0:
-        raise ValueError("--batch-size must be positive and --max-windows >= 0")
     device = resolve_device(args.device)
-    if args.dtype not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"unknown dtype {args.dtype!r}; expected auto, fp32, bf16 or fp16")
     model.to(device)
     corpus = open_corpus(
         args.data,

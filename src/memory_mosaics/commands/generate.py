@@ -5,14 +5,22 @@
 
 The prompt is preceded by the end-of-text token (the start of a document in training); generation
 stops at the next end-of-text token or after ``--max-new-tokens``.
+
+Options are checked before the model is loaded: ``--temperature`` is 0 (greedy) or a finite number
+>= ``MIN_TEMPERATURE`` (1e-3; below it sampling is greedy in effect and the scaled logits overflow),
+``--top-k`` >= 1, ``--seed`` in [0, 2**63 - 1]. A prompt (from ``--prompt`` or stdin) must be UTF-8
+text: other bytes are an error, never silently replaced.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 HELP = "generate text from a checkpoint (prompt from --prompt or stdin), streamed to stdout"
+MIN_TEMPERATURE = 1e-3  # smallest non-zero --temperature; 0 means greedy
+MAX_SEED = 2**63 - 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,11 +29,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prompt", help="prompt text (default: read from stdin; empty when stdin is a terminal)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
+    parser.add_argument("--temperature", type=float, default=1.0, help=f"0 means greedy, else >= {MIN_TEMPERATURE:g}")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
     parser.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: random)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-echo", action="store_true", help="print the continuation only, not the prompt")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Raise ValueError naming the first out-of-range option (before any work)."""
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    t = args.temperature
+    if not math.isfinite(t) or t < 0 or 0 < t < MIN_TEMPERATURE:
+        raise ValueError(f"--temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got {t!r}")
+    if args.top_k is not None and args.top_k <= 0:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed must be in [0, 2**63 - 1], got {args.seed}")
+    if args.prompt is not None:
+        try:
+            args.prompt.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable argv bytes arrive as surrogate escapes
+            raise ValueError("--prompt is not UTF-8 text; pass UTF-8 (or pipe the prompt on stdin)") from None
+
+
+def read_stdin_prompt() -> str:
+    if sys.stdin.isatty():
+        return ""
+    buffer = getattr(sys.stdin, "buffer", None)  # the bytes, whatever the locale's error handler
+    try:
+        if buffer is not None:
+            return buffer.read().decode("utf-8").replace("\r\n", "\n")  # as text mode reads it
+        text = sys.stdin.read()
+        text.encode("utf-8")  # surrogate escapes of undecodable bytes
+        return text
+    except UnicodeDecodeError as err:
+        raise ValueError(f"the prompt on stdin is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except UnicodeEncodeError:
+        raise ValueError("the prompt on stdin is not UTF-8 text") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,19 +78,14 @@ def run(args: argparse.Namespace) -> int:
     from ..training.checkpoint import resolve_checkpoint
     from ..training.distributed import resolve_device
 
-    if args.max_new_tokens < 0:
-        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k <= 0:
-        raise ValueError(f"--top-k must be positive, got {args.top_k}")
+    check_options(args)
     ckpt = resolve_checkpoint(args.checkpoint)
     device = resolve_device(args.device)
     model = load_pretrained(ckpt).to(device)
     tokenizer = load_tokenizer(ckpt)
     prompt = args.prompt
     if prompt is None:
-        prompt = "" if sys.stdin.isatty() else sys.stdin.read()
+        prompt = read_stdin_prompt()
     ids = [tokenizer.eot_id, *tokenizer.encode(prompt)]
     block = getattr(model.config, "block_size", None)
     if block is not None:  # a GPT's positions end at block_size: keep the prompt's tail

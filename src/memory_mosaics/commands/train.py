@@ -8,12 +8,18 @@ Settings resolve as: defaults < the run's saved config (with --resume) < --confi
 Every field of :class:`~memory_mosaics.training.config.TrainConfig` has an option (``--n-embd``,
 ``--grad-accum``...); ``--set KEY=VALUE`` and ``--model-arg KEY=VALUE`` reach any field and any
 model config field. The resolved config is printed and written to ``OUT/train_config.json``.
+
+Every value is checked before any work (:meth:`TrainConfig.validate`): numbers finite and in range
+(``lr`` > 0; ``min_lr``, ``weight_decay``, ``grad_clip`` >= 0; ``betas`` and ``dropout`` in [0, 1);
+``threads`` at most 4 x the CPUs; sizes positive, and a model whose weights cannot fit in memory is
+refused with the estimate); a bad one ends with one line naming the option and the value.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from pathlib import Path
@@ -101,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise ValueError("--out DIR is required (where checkpoints and metrics go)")
     config = resolve_config(args)
+    if not math.isfinite(config.lr):  # TrainConfig lets a library caller force a divergence with lr=inf
+        raise ValueError(f"lr (--lr) must be a finite number, got {config.lr!r}")
     main = os.environ.get("RANK", "0") == "0"
     if main:
         print(config.to_json(), flush=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,38 @@ from ..models import ModelConfig, lookup
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 CONFIG_FILE = "train_config.json"
+MAX_SEED = 2**63 - 1  # torch's and numpy's generators take 64-bit seeds
+
+
+def max_threads() -> int:
+    """The most CPU threads an option may ask for: 4 x the machine's CPUs (more only thrashes or crashes)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_model_fits(n_layer: int, n_embd: int) -> None:
+    """Refuse a model whose fp32 weights alone cannot fit in this machine's memory, before any work.
+    The estimate is a lower bound (4 x n_layer x n_embd^2 parameters: the attention projections), so a
+    model refused here could never be built; one accepted may still run out of memory later."""
+    total = memory_bytes()
+    need = 4 * n_layer * n_embd**2 * 4
+    if total and need > total:
+        raise ValueError(
+            f"this model (n_layer={n_layer}, n_embd={n_embd}) needs at least ~{need / 2**30:,.1f} GiB of parameters; "
+            f"the machine has {total / 2**30:,.1f} GiB: choose a smaller --n-layer or --n-embd"
+        )
+
+
+def _flag(name: str) -> str:
+    """The command-line option of a config key (``grad_clip`` -> ``--grad-clip``)."""
+    return "--" + name.split("[")[0].replace("_", "-")
 
 
 @dataclass
@@ -77,7 +110,9 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError on any out-of-range value (types are checked by :func:`from_dict`)."""
+        """Raise ValueError on any out-of-range or non-finite value, naming the key, its option and the
+        value (types are checked by :func:`from_dict`). NaN and infinities are refused everywhere: a
+        NaN ``grad_clip`` would silently turn clipping off."""
         lookup(self.model)  # an unknown kind raises, naming the registered ones
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
@@ -94,24 +129,35 @@ class TrainConfig:
             "eval_batch_size",
         ):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in (
-            "warmup",
-            "eval_interval",
-            "eval_windows",
-            "checkpoint_interval",
-            "grad_clip",
-            "weight_decay",
-            "threads",
-        ):
+                raise ValueError(f"{name} ({_flag(name)}) must be positive, got {getattr(self, name)!r}")
+        for name in ("warmup", "eval_interval", "eval_windows", "checkpoint_interval", "threads"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{name} ({_flag(name)}) must be >= 0, got {getattr(self, name)!r}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas (--betas) must be two numbers in [0, 1), got {list(self.betas)}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "dropout", "betas[0]", "betas[1]"):
+            value = self.betas[int(name[-2])] if name.startswith("betas[") else getattr(self, name)
+            if name == "lr" and value == math.inf:  # refused by `mosaics train`; a library caller may force
+                continue  # a divergence with it (tests do)
+            if not math.isfinite(value):
+                raise ValueError(f"{name} ({_flag(name)}) must be a finite number, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr (--lr) must be > 0, got {self.lr!r}")
+        for name in ("min_lr", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} ({_flag(name)}) must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.lr <= 0 or self.min_lr < 0:
-            raise ValueError(f"lr must be > 0 and min_lr >= 0, got lr={self.lr}, min_lr={self.min_lr}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+            raise ValueError(f"dropout (--dropout) must be in [0, 1), got {self.dropout!r}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas (--betas) must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.threads > max_threads():
+            raise ValueError(
+                f"threads (--threads) must be at most {max_threads()} (4 x the {os.cpu_count()} CPUs), "
+                f"got {self.threads}"
+            )
+        check_model_fits(self.n_layer, self.n_embd)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed (--seed) must be in [0, 2**63 - 1], got {self.seed}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
 
@@ -219,12 +265,19 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        value = _as_float(key, value) if ok else value
     elif kind is tuple:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value)
-        value = tuple(float(v) for v in value) if ok else value
+        value = tuple(_as_float(key, v) for v in value) if ok else value
     else:
         ok = isinstance(value, kind)
     if not ok:
         raise ValueError(f"config key {key!r} expects a value of type {kind.__name__}, got {value!r}")
     return value
+
+
+def _as_float(key: str, value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"config key {key!r}: {value} is too large for a float") from None
