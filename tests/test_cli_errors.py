@@ -289,3 +289,35 @@ def test_eval_options_are_checked_before_loading(tmp_path, capsys, extra, words)
     assert cli.main([*args, *extra]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert words in line, line
+
+
+@pytest.mark.parametrize("damage", ["list", "not-json", "shape"])
+def test_damaged_or_mismatched_checkpoint_config(tmp_path, capsys, damage):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    config = ckpt / "config.json"
+    if damage == "list":
+        config.write_text("[1, 2]")
+    elif damage == "not-json":
+        config.write_bytes(b"\xff{")
+    else:
+        config.write_text(config.read_text().replace('"n_embd": 8', '"n_embd": 16'))
+    for command in (["generate", "--prompt", "x"], ["eval", "--data", "x", "--out", str(tmp_path / "r.json")]):
+        assert cli.main([*command, "--checkpoint", str(ckpt)]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert str(ckpt) in line and ("use another" in line), line
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["data", "--num-train", str(10**12)], "--num-train must be in [0, 1,000,000]"),
+        (["data", "--num-train", "1", "--num-val", "-1"], "--num-val must be in"),
+        (["data", "--num-train", "1", "--seed", str(2**64)], "--seed must be in"),
+        (["baselines", "--num-envs", str(10**9)], "--num-envs must be in"),
+        (["baselines", "--max-order", "1000"], "--max-order must be in [1, 16]"),
+    ],
+)
+def test_regbench_sizes_are_bounded(tmp_path, capsys, args, words):
+    extra = ["--out", str(tmp_path / "x.jsonl")] if args[0] == "data" else []
+    assert cli.main(["regbench", *args, *extra]) == 2
+    assert words in one_error_line(capsys.readouterr().err)

@@ -146,13 +146,14 @@ def classify(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | 
     if isinstance(exc, (pickle.UnpicklingError, EOFError)) or type(exc).__name__ == "SafetensorError":
         return (
             USAGE_ERROR,
-            f"cannot read the checkpoint{_where(args)}: {str(exc) or type(exc).__name__} "
+            f"cannot read the checkpoint{_where(args)}: {one_line(str(exc) or type(exc).__name__, 200)} "
             "(corrupted or truncated file); use another checkpoint",
         )
     if isinstance(exc, RuntimeError) and any(key in str(exc) for key in _LOAD_ERRORS):
         return (
             USAGE_ERROR,
-            f"cannot load the checkpoint{_where(args)}: {exc}; it is corrupted or was saved by another model",
+            f"cannot load the checkpoint{_where(args)}: {one_line(str(exc), 200)}; "
+            "it is corrupted or was saved by another model: use another checkpoint",
         )
     if isinstance(exc, ValueError):  # also json.JSONDecodeError
         return USAGE_ERROR, str(exc) or type(exc).__name__

@@ -59,9 +59,11 @@ def run(args: argparse.Namespace) -> int:
     from ..training.config import CONFIG_FILE
     from ..training.distributed import resolve_device
     from ..training.trainer import amp_dtype
+    from ._checks import check_saved_model
 
     check_options(args)
     ckpt = resolve_checkpoint(args.checkpoint)
+    check_saved_model(ckpt)
     out = Path(args.out)
     if out.suffix != ".json":
         raise ValueError(f"--out must name a .json file, got {out}")

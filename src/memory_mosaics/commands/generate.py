@@ -77,9 +77,11 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_pretrained
     from ..training.checkpoint import resolve_checkpoint
     from ..training.distributed import resolve_device
+    from ._checks import check_saved_model
 
     check_options(args)
     ckpt = resolve_checkpoint(args.checkpoint)
+    check_saved_model(ckpt)
     device = resolve_device(args.device)
     model = load_pretrained(ckpt).to(device)
     tokenizer = load_tokenizer(ckpt)

@@ -50,6 +50,22 @@ def add_arguments(parser) -> None:
     base.set_defaults(_regbench=run_baselines)
 
 
+MAX_ENVS = 1_000_000  # environments per split: more would run for hours and fill the disk
+MAX_ORDER = 16  # n-gram baselines grow with the order; the paper's stop at 4
+MAX_SEED = 2**63 - 1
+
+
+def _check_counts(**counts: int) -> None:
+    for flag, value in counts.items():
+        if not 0 <= value <= MAX_ENVS:
+            raise ValueError(f"--{flag.replace('_', '-')} must be in [0, {MAX_ENVS:,}], got {value}")
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed must be in [0, 2**63 - 1], got {seed}")
+
+
 def _check_out(path: str) -> Path:
     out = Path(path)
     if out.is_dir():
@@ -60,8 +76,8 @@ def _check_out(path: str) -> Path:
 
 
 def run_data(args) -> int:
-    if args.num_train < 0 or args.num_test < 0 or args.num_val < 0:
-        raise ValueError("--num-train, --num-test and --num-val must be >= 0")
+    _check_counts(num_train=args.num_train, num_test=args.num_test, num_val=args.num_val)
+    _check_seed(args.seed)
     out = _check_out(args.out)
     tic = time.perf_counter()
     splits = make_splits(args.num_train, seed=args.seed, num_test=args.num_test, num_val=args.num_val)
@@ -78,8 +94,10 @@ def run_data(args) -> int:
 def run_baselines(args) -> int:
     if args.num_envs <= 0:
         raise ValueError(f"--num-envs must be positive, got {args.num_envs}")
-    if args.max_order < 1:
-        raise ValueError(f"--max-order must be >= 1, got {args.max_order}")
+    _check_counts(num_envs=args.num_envs)
+    if not 1 <= args.max_order <= MAX_ORDER:
+        raise ValueError(f"--max-order must be in [1, {MAX_ORDER}], got {args.max_order}")
+    _check_seed(args.seed)
     out = _check_out(args.out) if args.out else None
     envs = make_splits(0, seed=args.seed, num_test=args.num_envs, num_val=0)["test"]
     report = {"seed": args.seed, "environments": len(envs), "scores": baselines(envs, args.max_order)}
