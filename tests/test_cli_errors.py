@@ -321,3 +321,24 @@ def test_regbench_sizes_are_bounded(tmp_path, capsys, args, words):
     extra = ["--out", str(tmp_path / "x.jsonl")] if args[0] == "data" else []
     assert cli.main(["regbench", *args, *extra]) == 2
     assert words in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("saved", ["[1]", '{"context": -3}', "{", '{"lr": 1}'])
+def test_eval_names_a_damaged_train_config(tmp_path, capsys, saved):
+    from memory_mosaics.data.tokenizers import train_bpe
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    (ckpt / "train_config.json").write_text(saved)
+    train_bpe(["hello world, hello there"] * 4, 260).save(ckpt)
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--data", "x", "--out", str(tmp_path / "r.json")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(ckpt / "train_config.json") in line and "--context N" in line, line
+
+
+@pytest.mark.parametrize("spec", ["{}", "[1]", "garbage"])
+def test_a_damaged_tokenizer_is_named(tmp_path, capsys, spec):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    (ckpt / "tokenizer.json").write_text(spec)
+    assert cli.main(["generate", "--checkpoint", str(ckpt), "--prompt", "x"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(ckpt / "tokenizer.json") in line, line

@@ -20,3 +20,17 @@ def check_saved_model(ckpt: Path) -> None:
             f"{path} is not a model config (a JSON object, not a {type(data).__name__}); "
             "the checkpoint is damaged: use another one"
         )
+
+
+def load_checkpoint_tokenizer(ckpt: Path):
+    """The checkpoint's tokenizer; a damaged ``tokenizer.json`` is named instead of a traceback (the
+    tokenizers library raises a bare ``Exception``)."""
+    from ..data.tokenizers import SPEC_FILE, load_tokenizer
+
+    try:
+        return load_tokenizer(ckpt)
+    except Exception as err:
+        if not isinstance(err, (AttributeError, KeyError, TypeError)) and type(err) is not Exception:
+            raise
+        path = Path(ckpt) / SPEC_FILE
+        raise ValueError(f"{path} is not a valid tokenizer file ({err}); use another checkpoint") from None

@@ -48,18 +48,29 @@ def check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"unknown --dtype {args.dtype!r}; expected auto, fp32, bf16 or fp16")
 
 
+def saved_context(path: Path) -> int:
+    """The training context of a checkpoint's ``train_config.json``; a damaged file is named."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); pass --context N or use another checkpoint") from None
+    context = saved.get("context") if isinstance(saved, dict) else None
+    if not isinstance(context, int) or isinstance(context, bool) or context < 1:
+        raise ValueError(f"{path} has no valid 'context' (got {context!r}); pass --context N or use another checkpoint")
+    return context
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.sources import open_corpus, resolve_cache_dir
-    from ..data.tokenizers import load_tokenizer
     from ..eval.language import evaluate, plot_loss_by_position
     from ..models import load_pretrained
     from ..training.checkpoint import resolve_checkpoint
     from ..training.config import CONFIG_FILE
     from ..training.distributed import resolve_device
     from ..training.trainer import amp_dtype
-    from ._checks import check_saved_model
+    from ._checks import check_saved_model, load_checkpoint_tokenizer
 
     check_options(args)
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -71,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is a folder; name a .json file")
     out.parent.mkdir(parents=True, exist_ok=True)  # a folder that lies under a file fails now, not after the work
     model = load_pretrained(ckpt)
-    tokenizer = load_tokenizer(ckpt)
+    tokenizer = load_checkpoint_tokenizer(ckpt)
     context = args.context
     if context is None and (ckpt / CONFIG_FILE).is_file():
-        context = json.loads((ckpt / CONFIG_FILE).read_text())["context"]
+        context = saved_context(ckpt / CONFIG_FILE)
     if context is None:
         context = getattr(model.config, "block_size", None)
     if context is None:

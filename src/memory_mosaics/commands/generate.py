@@ -73,18 +73,17 @@ def read_stdin_prompt() -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data.tokenizers import load_tokenizer
     from ..models import load_pretrained
     from ..training.checkpoint import resolve_checkpoint
     from ..training.distributed import resolve_device
-    from ._checks import check_saved_model
+    from ._checks import check_saved_model, load_checkpoint_tokenizer
 
     check_options(args)
     ckpt = resolve_checkpoint(args.checkpoint)
     check_saved_model(ckpt)
     device = resolve_device(args.device)
     model = load_pretrained(ckpt).to(device)
-    tokenizer = load_tokenizer(ckpt)
+    tokenizer = load_checkpoint_tokenizer(ckpt)
     prompt = args.prompt
     if prompt is None:
         prompt = read_stdin_prompt()
