@@ -181,6 +181,8 @@ def test_ctrl_c_exits_130_with_one_line():
     [
         (["--lr", "inf"], "lr (--lr) must be a finite number, got inf"),
         (["--lr", "0"], "lr (--lr) must be > 0"),
+        (["--lr", "3e38"], "lr (--lr) must be at most 1e+30"),
+        (["--min-lr", "1e31"], "min_lr (--min-lr) must be at most 1e+30"),
         (["--set", "lr=Infinity"], "lr (--lr) must be a finite number"),
         (["--set", "lr=1e999999"], "lr (--lr) must be a finite number"),
         (["--set", f"lr={10**400}"], "too large for a float"),

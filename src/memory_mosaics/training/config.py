@@ -25,6 +25,7 @@ from ..models import ModelConfig, lookup
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 CONFIG_FILE = "train_config.json"
 MAX_SEED = 2**63 - 1  # torch's and numpy's generators take 64-bit seeds
+MAX_LR = 1e30  # larger ones overflow float32 inside the optimiser (a traceback, not a divergence)
 
 
 def max_threads() -> int:
@@ -143,6 +144,12 @@ class TrainConfig:
                 raise ValueError(f"{name} ({_flag(name)}) must be a finite number, got {value!r}")
         if self.lr <= 0:
             raise ValueError(f"lr (--lr) must be > 0, got {self.lr!r}")
+        for name in ("lr", "min_lr"):
+            value = getattr(self, name)
+            if math.isfinite(value) and value > MAX_LR:
+                raise ValueError(
+                    f"{name} ({_flag(name)}) must be at most {MAX_LR:g} (an Adam step is lr-sized), got {value!r}"
+                )
         for name in ("min_lr", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} ({_flag(name)}) must be >= 0, got {getattr(self, name)!r}")
