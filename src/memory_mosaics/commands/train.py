@@ -10,9 +10,10 @@ Every field of :class:`~memory_mosaics.training.config.TrainConfig` has an optio
 model config field. The resolved config is printed and written to ``OUT/train_config.json``.
 
 Every value is checked before any work (:meth:`TrainConfig.validate`): numbers finite and in range
-(``lr`` in (0, 1e30]; ``min_lr`` <= 1e30; ``min_lr``, ``weight_decay``, ``grad_clip`` >= 0; ``betas``, ``dropout`` in [0, 1);
-``threads`` at most 4 x the CPUs; sizes positive, and a model whose weights cannot fit in memory is
-refused with the estimate); a bad one ends with one line naming the option and the value.
+(``lr`` in (0, 1e30]; ``min_lr`` in [0, 1e30]; ``weight_decay``, ``grad_clip`` >= 0; ``betas`` and
+``dropout`` in [0, 1); ``threads`` at most 4 x the CPUs; sizes positive, and a model whose weights
+cannot fit in memory is refused with the estimate); a bad one ends with one line naming the option
+and the value.
 """
 
 from __future__ import annotations
