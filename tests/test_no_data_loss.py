@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_train_config
 from safetensors.torch import load_file
 
 from memory_mosaics import cli
 from memory_mosaics.experiments.language.evaluate import curves
 from memory_mosaics.training import checkpoint as ckpt_mod
 from memory_mosaics.training.checkpoint import MANIFEST_FILE, load_state, read_manifest, resolve_checkpoint
-from memory_mosaics.training.config import TrainConfig
 from memory_mosaics.training.loop import TrainingDiverged
 from memory_mosaics.training.metrics import last_rows
 from memory_mosaics.training.trainer import Trainer
@@ -41,28 +41,7 @@ def corpus(tmp_path_factory):
 
 
 def config(corpus, **overrides):
-    base = dict(
-        train=str(corpus / "c.txt"),
-        valid=str(corpus / "c.txt"),
-        cache_dir=str(corpus / "cache"),
-        separator="blank",
-        tokenizer="bpe:300",
-        n_layer=1,
-        n_head=2,
-        n_embd=16,
-        context=16,
-        batch_size=2,
-        max_steps=10,
-        lr=1e-2,
-        warmup=1,
-        log_interval=1,
-        eval_interval=5,
-        eval_windows=4,
-        checkpoint_interval=5,
-        progress=False,
-        tensorboard=False,
-    )
-    return TrainConfig(**{**base, **overrides})
+    return tiny_train_config(corpus / "c.txt", cache_dir=str(corpus / "cache"), **overrides)
 
 
 def train(corpus, out, resume=False, log=None, **overrides):

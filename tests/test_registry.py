@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 import pytest
+from helpers import tiny_train_config
 
 from memory_mosaics.models import MosaicConfig, MosaicLM, load_pretrained, lookup, model_kinds
 from memory_mosaics.models.registry import REGISTRY
@@ -41,21 +42,7 @@ def test_a_registered_kind_is_configured_trained_and_loaded(echo, tmp_path, monk
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\n".join(f"the cat {i} sat on the mat" for i in range(200)))
     monkeypatch.setenv("MOSAICS_CACHE_DIR", str(tmp_path / "cache"))
-    run = TrainConfig(
-        train=str(corpus),
-        separator="blank",
-        tokenizer="bpe:300",
-        model="echo-test",
-        n_layer=1,
-        n_head=2,
-        n_embd=16,
-        context=16,
-        batch_size=2,
-        max_steps=1,
-        progress=False,
-        tensorboard=False,
-        checkpoint_interval=0,
-    )
+    run = tiny_train_config(corpus, valid="", model="echo-test", max_steps=1, checkpoint_interval=0)
     trainer = Trainer(run, tmp_path / "run")
     assert type(trainer.model) is EchoLM
     trainer.fit()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_train_config
 from safetensors.torch import load_file
 
 from memory_mosaics import cli
@@ -75,27 +76,10 @@ def data(tmp_path_factory):
 
 
 def tiny_config(data, **overrides):
-    base = dict(
-        train=data["train"],
-        valid=data["valid"],
-        cache_dir=data["cache"],
-        tokenizer="bpe:320",
-        n_layer=1,
-        n_head=2,
-        n_embd=32,
-        context=32,
-        batch_size=8,
-        max_steps=30,
-        lr=1e-2,
-        warmup=2,
-        eval_interval=10,
-        eval_windows=16,
-        log_interval=5,
-        checkpoint_interval=10,
-        progress=False,
-        tensorboard=False,
-    )
-    return TrainConfig(**{**base, **overrides})
+    run = dict(valid=data["valid"], cache_dir=data["cache"], separator="eot", tokenizer="bpe:320", warmup=2)
+    sizes = dict(n_embd=32, context=32, batch_size=8, max_steps=30)
+    intervals = dict(eval_interval=10, eval_windows=16, log_interval=5, checkpoint_interval=10)
+    return tiny_train_config(data["train"], **{**run, **sizes, **intervals, **overrides})
 
 
 def train_args(data, out, *extra):
