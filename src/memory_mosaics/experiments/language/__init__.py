@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -90,8 +91,10 @@ def _check(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if any(d < 1 for d in [*args.depths, *args.v2_depths]):
         raise ValueError("--depths and --v2-depths must be >= 1")
-    if args.eval_windows < 0 or args.long_context < 0 or args.deadline_s < 0:
-        raise ValueError("--eval-windows, --long-context and --deadline-s must be >= 0")
+    if args.eval_windows < 0 or args.long_context < 0 or not 0 <= args.deadline_s < math.inf:
+        raise ValueError("--eval-windows, --long-context and --deadline-s must be finite and >= 0")
+    if any(not 0 < lr < math.inf for lr in args.lrs or ()):
+        raise ValueError(f"--lrs must be finite and > 0, got {args.lrs}")
 
 
 def base_config(args: argparse.Namespace) -> TrainConfig:
