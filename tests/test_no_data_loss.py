@@ -243,11 +243,18 @@ def test_weights_that_are_not_finite_are_never_checkpointed(corpus, tmp_path):
 def test_a_huge_learning_rate_never_points_last_at_diverged_weights(corpus, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as err:
-        train(corpus, out, max_steps=20, checkpoint_interval=1, lr=float("inf"), warmup=0, valid="")
-    message = str(err.value)  # lr = inf: every weight is inf/nan after step 1, whose loss was finite
-    assert "are not finite" in message and "after step 1" in message, message
-    assert "no checkpoint had been written yet" in message
-    assert not os.path.lexists(out / "last") and not [p for p in out.iterdir() if p.name.startswith("ckpt-")]
+        train(corpus, out, max_steps=20, checkpoint_interval=1, lr=1e30, warmup=0, valid="")
+    message = str(err.value)  # lr = 1e30: step 1 leaves weights ~1e30 (finite), step 2's loss is not finite
+    assert "at step 2" in message and "last good checkpoint is kept" in message and "ckpt-00000001" in message
+    assert os.readlink(out / "last") == "ckpt-00000001" and not (out / "ckpt-00000002").exists()
+    assert all(torch.isfinite(t).all() for t in load_file(out / "last" / "model.safetensors").values())
+
+
+@pytest.mark.parametrize("field", ["lr", "min_lr", "weight_decay", "grad_clip", "dropout"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_the_config_refuses_non_finite_numbers_from_python(corpus, field, value):
+    with pytest.raises(ValueError, match=f"{field} .* must be a finite number"):
+        config(corpus, **{field: value})
 
 
 # ---------------------------------------------------------------------- 4. one training per run folder

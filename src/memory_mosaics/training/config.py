@@ -138,15 +138,13 @@ class TrainConfig:
             raise ValueError(f"betas (--betas) must be two numbers in [0, 1), got {list(self.betas)}")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "dropout", "betas[0]", "betas[1]"):
             value = self.betas[int(name[-2])] if name.startswith("betas[") else getattr(self, name)
-            if name == "lr" and value == math.inf:  # refused by `mosaics train`; a library caller may force
-                continue  # a divergence with it (tests do)
             if not math.isfinite(value):
                 raise ValueError(f"{name} ({_flag(name)}) must be a finite number, got {value!r}")
         if self.lr <= 0:
             raise ValueError(f"lr (--lr) must be > 0, got {self.lr!r}")
         for name in ("lr", "min_lr"):
             value = getattr(self, name)
-            if math.isfinite(value) and value > MAX_LR:
+            if value > MAX_LR:
                 raise ValueError(
                     f"{name} ({_flag(name)}) must be at most {MAX_LR:g} (an Adam step is lr-sized), got {value!r}"
                 )
