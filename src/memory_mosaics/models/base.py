@@ -14,6 +14,7 @@ import abc
 import dataclasses
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,6 +25,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor
 
 from ..io import atomic_write, atomic_write_text
+from .generation import RaggedPrefill, Sampling, StopStrings, prompt_lengths
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -211,47 +213,64 @@ class LanguageModel(nn.Module, abc.ABC):
         top_k: int | None = None,
         eos_token: int | None = None,
         generator: torch.Generator | None = None,
+        *,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        attention_mask: Tensor | None = None,
+        stop_strings: Sequence[str] = (),
+        decode: Callable[[list[int]], str] | None = None,
+        pad_token: int | None = None,
     ) -> Iterator[Tensor]:
-        """Yield new tokens (B, 1) one at a time (streaming). temperature 0 means greedy.
+        """Yield new tokens (B, 1) one at a time (streaming). temperature 0 means greedy;
+        top_k, top_p and repetition_penalty as :class:`~.generation.Sampling`.
 
-        Once a row has produced ``eos_token`` it keeps producing it; iteration stops early when
-        every row has.
+        ``attention_mask`` (B, T): prompts of different lengths, left-padded (0 = padding); each row
+        then gets the tokens it gets alone. A row is finished once it has produced ``eos_token`` or
+        its generated text (``decode``: ids -> text) contains one of ``stop_strings``; from then on
+        it produces ``pad_token`` (default: ``eos_token``, else 0), and iteration stops when every
+        row is finished.
         """
         self.check_tokens(idx)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
+        if stop_strings and decode is None:
+            raise ValueError("stop_strings need decode (ids -> text), e.g. the tokenizer's decode")
+        lengths = prompt_lengths(idx, attention_mask)
+        if pad_token is None:
+            pad_token = 0 if eos_token is None else eos_token
+        B, T = idx.shape
+        seen = None
+        if repetition_penalty is not None:
+            real = torch.arange(T, device=idx.device)[None, :] >= (T - lengths.to(idx.device))[:, None]
+            seen = torch.zeros(B, self.config.vocab_size, dtype=torch.bool, device=idx.device)
+            seen[real.nonzero()[:, 0], idx[real].long()] = True
+        stops = StopStrings(stop_strings, decode, B) if stop_strings else None
         was_training = self.training
         self.eval()
         try:
-            logits, state = self.prefill(idx.long())
-            finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+            state = RaggedPrefill(self, idx.long(), lengths)
+            logits = state.logits
+            finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
             for i in range(max_new_tokens):
-                nxt = sample_next(logits, temperature, top_k, generator)
+                nxt = sampling.next_token(logits, seen, generator)
+                nxt = torch.where(finished, torch.full_like(nxt, pad_token), nxt)
                 if eos_token is not None:
-                    nxt = torch.where(finished, torch.full_like(nxt, eos_token), nxt)
                     finished |= nxt == eos_token
+                if stops is not None:
+                    finished |= stops.update(nxt)
+                if seen is not None:
+                    seen[torch.arange(B, device=idx.device), nxt] = True
                 yield nxt[:, None]
-                if (eos_token is not None and bool(finished.all())) or i == max_new_tokens - 1:
+                if bool(finished.all()) or i == max_new_tokens - 1:
                     break
-                logits = self.step(nxt[:, None], state)
+                logits = state.step(nxt[:, None])
         finally:
             self.train(was_training)
 
     def generate(self, idx: Tensor, max_new_tokens: int, **sampling) -> Tensor:
         """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + n). ``sampling``:
-        :meth:`iter_generate`'s temperature, top_k, eos_token and generator."""
+        :meth:`iter_generate`'s options (temperature, top_k, top_p, repetition_penalty, eos_token,
+        generator, attention_mask, stop_strings and decode, pad_token)."""
         new = list(self.iter_generate(idx, max_new_tokens, **sampling))
         return torch.cat([idx.long(), *new], dim=1)
-
-
-def sample_next(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> Tensor:
-    """Next token ids (B,) from logits (B, V): greedy at temperature 0, else softmax sampling."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
