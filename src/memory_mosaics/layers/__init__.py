@@ -3,12 +3,14 @@
 from .bandwidth import AdaptiveBandwidth, FixedBandwidth, LearnedBandwidth, make_bandwidth
 from .contextual import ContextualMemory, ContextualState
 from .extractors import ComplexLinear, GatedLeakyKey, LeakyAverageKey, LinearKey, PeekValue
-from .multilevel import ShortLongMemory, SwiGLU
+from .feedforward import GeluMLP, SwiGLU
+from .multilevel import ShortLongMemory
 from .persistent import PersistentMemory
 
 __all__ = [
     "AdaptiveBandwidth",
     "FixedBandwidth",
+    "GeluMLP",
     "LearnedBandwidth",
     "make_bandwidth",
     "ContextualMemory",

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .extractors import EXP_SCALE
+from .extractors import EXP_SCALE, per_head_scalars
 
 
 class FixedBandwidth(nn.Module):
@@ -33,12 +33,13 @@ class LearnedBandwidth(nn.Module):
     Keys are multiplied by ``s_h = exp(min(10 theta_h, cap))`` (theta init 0.1; the cap 5 keeps fp16
     finite). In a contextual memory both the query and the stored key carry s_h, so
     ``beta_h = s_h ** 2``; the persistent memory multiplies its query by ``s_h ** 2`` directly
-    (reference code). Either way the score is ``s_h ** 2 * (unit query) . key``.
+    (reference code). Either way the score is ``s_h ** 2 * (unit query) . key``. ``learn=False``
+    keeps theta at its initial value (ablation "fixed bandwidth": beta = e ** 2 ~ 7.39 at init 0.1).
     """
 
-    def __init__(self, n_head: int, init: float = 0.1, cap: float = 5.0):
+    def __init__(self, n_head: int, init: float = 0.1, cap: float = 5.0, learn: bool = True):
         super().__init__()
-        self.theta = nn.Parameter(torch.full((n_head,), init))
+        per_head_scalars(self, "theta", torch.full((n_head,), init), learn)
         self.cap = cap
 
     def forward(self, n: Tensor) -> Tensor:
@@ -67,15 +68,15 @@ class AdaptiveBandwidth(nn.Module):
 
 
 def make_bandwidth(spec: str | float, n_head: int) -> nn.Module:
-    """'learned' | 'adaptive' | a number (fixed beta)."""
-    if spec == "learned":
-        return LearnedBandwidth(n_head)
+    """'learned' | 'fixed' (the learned bandwidth kept at its initial value) | 'adaptive' | a number (fixed beta)."""
+    if spec in ("learned", "fixed"):
+        return LearnedBandwidth(n_head, learn=spec == "learned")
     if spec == "adaptive":
         return AdaptiveBandwidth(n_head)
     try:
         beta = float(spec)
     except (TypeError, ValueError):
-        raise ValueError(f"bandwidth must be 'learned', 'adaptive' or a number, got {spec!r}") from None
+        raise ValueError(f"bandwidth must be 'learned', 'fixed', 'adaptive' or a number, got {spec!r}") from None
     if not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"a fixed bandwidth must be a positive number, got {spec!r}")
     return FixedBandwidth(beta)

@@ -6,7 +6,8 @@ the state to carry into the next call; value extractors expose ``project`` (v~ =
 ``mix`` (the peek) separately so that decoding can complete a value when the next input arrives.
 
 Reference parametrisations (reference code, spec 2.1): per-head scalars are stored as ``theta`` and
-mapped through ``exp(10 * theta)``-type transforms (``EXP_SCALE = 10``).
+mapped through ``exp(10 * theta)``-type transforms (``EXP_SCALE = 10``). Ablations (``learn=False``)
+keep a scalar at its reference initial value: it is then a buffer, saved with the weights, never trained.
 """
 
 from __future__ import annotations
@@ -24,13 +25,22 @@ from ..ops.leaky_average import leaky_average
 EXP_SCALE = 10.0
 
 
+def per_head_scalars(module: nn.Module, name: str, init: Tensor, learn: bool = True) -> None:
+    """Register ``init`` (H,) on ``module`` as a trained parameter, or (``learn=False``) as a saved
+    buffer that stays at its initial value."""
+    if learn:
+        setattr(module, name, nn.Parameter(init))
+    else:
+        module.register_buffer(name, init)
+
+
 def inverse_norm(x: Tensor) -> Tensor:
     """1 / ||x|| over the last dim, shape (..., 1): multiply by it (cheaper to differentiate than a division)."""
     return torch.rsqrt(x.square().sum(dim=-1, keepdim=True))
 
 
 class LinearKey(nn.Module):
-    """Plain linear key ``k_t = W_phi x_t`` (no memory of the past; three moons)."""
+    """Plain linear key ``k_t = W_phi x_t`` (no memory of the past: three moons, and the "current" ablation)."""
 
     def __init__(self, proj: nn.Module, n_head: int):
         super().__init__()
@@ -45,12 +55,13 @@ class LeakyAverageKey(nn.Module):
 
     ``lambda_h = exp(-10 |theta_h|)``, theta initialised ``linspace(0.5, 5, H) / 10`` so that lambda
     goes from 0.61 (long memory) down to 0.0067 (almost only the present) across heads.
+    ``learn=False``: the decays stay at these initial values (ablation "fixed decay").
     """
 
-    def __init__(self, proj: nn.Module, n_head: int):
+    def __init__(self, proj: nn.Module, n_head: int, learn: bool = True):
         super().__init__()
         self.proj, self.n_head = proj, n_head
-        self.theta = nn.Parameter(torch.linspace(0.5, 5.0, n_head) / EXP_SCALE)
+        per_head_scalars(self, "theta", torch.linspace(0.5, 5.0, n_head) / EXP_SCALE, learn)
 
     def log_decay(self) -> Tensor:
         """log lambda_h, shape (1, H, 1)."""
@@ -86,16 +97,20 @@ class PeekValue(nn.Module):
     """Value with a one-step peek (spec 2.1): ``vbar_t = gamma_h v~_t + (1 - gamma_h) v~_{t+1}``.
 
     ``v~ = W_psi x``; ``v~_{T+1} = 0`` at the last position (that value is never read).
-    ``gamma``: learned per head (init U(0, 1)) or a fixed float (0.0 = pure peek, three moons).
+    ``gamma``: per head, initialised U(0, 1) and learned (reference) or kept there (``learn=False``,
+    ablation "fixed gamma"); or a constant float: 0.0 = pure peek (three moons), 1.0 = no peek
+    (ablation "peek off": ``v_t`` is a function of ``x_t`` only).
     ``normalize``: ``v_t = alpha_h vbar_t / ||vbar_t||`` with ``alpha_h = exp(10 theta_h)``,
     theta initialised -0.05; otherwise ``v_t = vbar_t``.
     """
 
-    def __init__(self, proj: nn.Module, n_head: int, gamma: float | None = None, normalize: bool = True):
+    def __init__(
+        self, proj: nn.Module, n_head: int, gamma: float | None = None, normalize: bool = True, learn: bool = True
+    ):
         super().__init__()
         self.proj, self.n_head, self.normalize = proj, n_head, normalize
         if gamma is None:
-            self.gamma = nn.Parameter(torch.rand(n_head))
+            per_head_scalars(self, "gamma", torch.rand(n_head), learn)
         else:
             self.register_buffer("gamma", torch.full((n_head,), float(gamma)), persistent=False)
         self.theta = nn.Parameter(torch.full((n_head,), -0.5 / EXP_SCALE)) if normalize else None

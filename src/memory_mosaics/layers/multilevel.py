@@ -1,4 +1,4 @@
-"""v2's two contextual memories per block (spec section 5.3), and its feed-forward persistent memory.
+"""v2's two contextual memories per block (spec section 5.3).
 
     y_t = W_o [ CMem_short(x)_t ; CMem_long(x)_t ]
 
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from .contextual import ContextualMemory, ContextualState
@@ -65,23 +64,3 @@ class ShortLongMemory(nn.Module):
     @torch.no_grad()
     def step(self, x: Tensor, state: ShortLongState) -> Tensor:
         return self.c_proj(torch.cat([self.short.step(x, state.short), self.long.step(x, state.long)], dim=-1))
-
-
-class SwiGLU(nn.Module):
-    """v2's persistent memory: ``W_2 (silu(W_1 x) * W_3 x)``; stateless, so decoding is the forward."""
-
-    def __init__(self, d: int, hidden: int, proj: nn.Module, resid_dropout: float = 0.0):
-        super().__init__()
-        self.w_1 = nn.Linear(d, hidden, bias=False)
-        self.w_3 = nn.Linear(d, hidden, bias=False)
-        self.c_proj = proj
-        self.resid_dropout = nn.Dropout(resid_dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.resid_dropout(self.c_proj(F.silu(self.w_1(x)) * self.w_3(x)))
-
-    def prefill(self, x: Tensor) -> tuple[Tensor, None]:
-        return self(x), None
-
-    def step(self, x: Tensor, state: None) -> tuple[Tensor, None]:
-        return self(x), None

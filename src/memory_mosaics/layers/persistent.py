@@ -1,6 +1,7 @@
 """Persistent memory (P-mem, spec 2.2): N trainable (key, value) pairs per head, fixed at inference.
 
-    q_t = beta_h * kbar_t / ||kbar_t||           (its own leaky-average key extractor)
+    q_t = beta_h * kbar_t / ||kbar_t||           (its own leaky-average key extractor; beta_h kbar_t
+                                                 without the normalisation when ``normalize=False``)
     y_t = W_o concat_h alpha_h sum_{i=1}^{N} softmax_i(q_t . kappa_i) u_i
 
 kappa, u ~ N(0, 1/Dh), not normalised; alpha_h = exp(10 theta_h), theta init -0.05 (reference).
@@ -21,7 +22,8 @@ from .extractors import EXP_SCALE, inverse_norm
 
 
 class PersistentMemory(nn.Module):
-    """Args: key extractor, bandwidth, n_head, head_dim, size N (pairs per head), proj W_o, dropouts."""
+    """Args: key extractor, bandwidth, n_head, head_dim, size N (pairs per head), proj W_o, dropouts,
+    ``normalize``: unit-normalise the query before the bandwidth (reference) or not (ablation)."""
 
     def __init__(
         self,
@@ -33,19 +35,26 @@ class PersistentMemory(nn.Module):
         proj: nn.Module,
         attn_dropout: float = 0.0,
         resid_dropout: float = 0.0,
+        normalize: bool = True,
     ):
         super().__init__()
         self.key, self.bandwidth, self.c_proj = key, bandwidth, proj
+        self.normalize = normalize
         self.kappa = nn.Parameter(torch.randn(1, n_head, size, head_dim) / math.sqrt(head_dim))
         self.u = nn.Parameter(torch.randn(1, n_head, size, head_dim) / math.sqrt(head_dim))
         self.theta = nn.Parameter(torch.full((n_head,), -0.5 / EXP_SCALE))
         self.attn_dropout = attn_dropout
         self.resid_dropout = nn.Dropout(resid_dropout)
 
-    def _forward(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _queries(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """q_t = beta_h kbar_t / ||kbar_t|| (or beta_h kbar_t), (B, H, T, Dh), and the key extractor's state."""
         kbar, key_state = self.key(x, key_state)
         n = torch.full((x.shape[1],), self.kappa.shape[2], device=x.device)
-        q = kbar * (inverse_norm(kbar) * self.bandwidth(n).to(kbar.dtype)[None, :, :, None])  # beta kbar/||kbar||
+        beta = self.bandwidth(n).to(kbar.dtype)[None, :, :, None]
+        return kbar * (inverse_norm(kbar) * beta if self.normalize else beta), key_state
+
+    def _forward(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        q, key_state = self._queries(x, key_state)
         p = self.attn_dropout if self.training else 0.0
         alpha = (EXP_SCALE * self.theta).exp().view(1, -1, 1, 1)
         y = alpha * memory_readout(q, self.kappa, self.u, dropout_p=p)
@@ -57,9 +66,7 @@ class PersistentMemory(nn.Module):
 
     def retrieval_weights(self, x: Tensor) -> Tensor:
         """softmax_i(q_t . kappa_i) for inspection: x (B, T, d_in) -> (B, H, T, N)."""
-        kbar, _ = self.key(x, None)
-        n = torch.full((x.shape[1],), self.kappa.shape[2], device=x.device)
-        q = kbar * (inverse_norm(kbar) * self.bandwidth(n).to(kbar.dtype)[None, :, :, None])
+        q, _ = self._queries(x, None)
         return torch.softmax(q @ self.kappa.transpose(-1, -2), dim=-1)
 
     @torch.no_grad()

@@ -25,6 +25,17 @@ v2 switches (spec section 5): ``key_extractor="gated"``, ``bandwidth="adaptive"`
 >= m, m ~ U[long_term_skip_min, long_term_skip_max] in training, their outputs concatenated then
 W_o) and ``persistent="swiglu"`` (a SwiGLU feed-forward of hidden size 3 d, 9 d^2 weights like the
 bank P-mem).
+
+Ablation switches (docs/ablations.md), each replacing one ingredient of the reference (first value):
+
+- ``key_extractor``: "leaky" (learned decay) | "leaky_fixed" (decays kept at their initial values)
+  | "current" (k_t = W_phi x_t, no leaky average) | "gated" (v2). Applies to both memories' keys.
+- ``value_peek``: "learned" (gamma per head) | "fixed" (gamma kept at its U(0, 1) initial value)
+  | "off" (gamma = 1: v_t = W_psi x_t, no peek).
+- ``bandwidth`` (contextual memory): "learned" | "fixed" (kept at its initial beta = e^2) | "adaptive" (v2).
+- ``persistent``: "bank" (the P-mem) | "mlp" (GELU MLP, hidden 4.5 d) | "swiglu" (v2, hidden 3 d),
+  9 d^2 weights each.
+- ``normalize_keys``: True | False (contextual keys and persistent queries not unit-normalised).
 """
 
 from __future__ import annotations
@@ -38,13 +49,24 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..common import ResidualProjection
-from ..layers import ContextualMemory, GatedLeakyKey, LeakyAverageKey, PeekValue, PersistentMemory, make_bandwidth
-from ..layers.multilevel import ShortLongMemory, SwiGLU
+from ..layers import (
+    ContextualMemory,
+    GatedLeakyKey,
+    GeluMLP,
+    LeakyAverageKey,
+    LinearKey,
+    PeekValue,
+    PersistentMemory,
+    ShortLongMemory,
+    SwiGLU,
+    make_bandwidth,
+)
 from .base import LanguageModel, ModelConfig
 
-KEY_EXTRACTORS = ("leaky", "gated")
-BANDWIDTHS = ("learned", "adaptive")
-PERSISTENT = ("bank", "swiglu")
+KEY_EXTRACTORS = ("leaky", "leaky_fixed", "current", "gated")
+VALUE_PEEKS = ("learned", "fixed", "off")
+BANDWIDTHS = ("learned", "fixed", "adaptive")
+PERSISTENT = ("bank", "mlp", "swiglu")
 EMBEDDING_INITS = ("reference", "unit")
 
 
@@ -58,12 +80,14 @@ class MosaicConfig(ModelConfig):
     attn_dropout: float = 0.05  # on the contextual memory's retrieval weights
     pmem_attn_dropout: float | None = None  # on the persistent memory's retrieval weights; None -> attn_dropout
     embedding_init: str = "reference"  # "reference": tied matrix N(0, 1/d) as the authors' | "unit": N(0, 1)
-    key_extractor: str = "leaky"  # "leaky" (v1) | "gated" (v2)
-    bandwidth: str = "learned"  # C-mem bandwidth: "learned" (v1) | "adaptive" (v2)
+    key_extractor: str = "leaky"  # "leaky" (v1) | "gated" (v2) | ablations "leaky_fixed", "current"
+    value_peek: str = "learned"  # "learned" (v1) | ablations "fixed", "off"
+    bandwidth: str = "learned"  # C-mem bandwidth: "learned" (v1) | "adaptive" (v2) | ablation "fixed"
+    normalize_keys: bool = True  # False: ablation, keys (and P-mem queries) not unit-normalised
     short_term_window: int | None = None  # v2: h; None = one contextual memory over all past pairs (v1)
     long_term_skip_min: int = 64  # v2: m at inference, lower end of m's training range
     long_term_skip_max: int = 256  # v2: upper end of m's training range
-    persistent: str = "bank"  # "bank" (v1 P-mem) | "swiglu" (v2)
+    persistent: str = "bank"  # "bank" (v1 P-mem) | "swiglu" (v2) | ablation "mlp"
 
     @classmethod
     def training_fields(cls, train) -> dict:
@@ -82,6 +106,7 @@ class MosaicConfig(ModelConfig):
         for name, choices in (
             ("embedding_init", EMBEDDING_INITS),
             ("key_extractor", KEY_EXTRACTORS),
+            ("value_peek", VALUE_PEEKS),
             ("bandwidth", BANDWIDTHS),
             ("persistent", PERSISTENT),
         ):
@@ -100,16 +125,26 @@ def _key_extractor(config: MosaicConfig) -> nn.Module:
     proj = _linear(config.n_embd, config.n_embd)  # W_phi
     if config.key_extractor == "gated":
         return GatedLeakyKey(proj, config.n_embd, config.n_head)
-    return LeakyAverageKey(proj, config.n_head)
+    if config.key_extractor == "current":
+        return LinearKey(proj, config.n_head)
+    return LeakyAverageKey(proj, config.n_head, learn=config.key_extractor == "leaky")
+
+
+def _value_extractor(config: MosaicConfig) -> PeekValue:
+    proj = _linear(config.n_embd, config.n_embd)  # W_psi
+    if config.value_peek == "off":
+        return PeekValue(proj, config.n_head, gamma=1.0)
+    return PeekValue(proj, config.n_head, learn=config.value_peek == "learned")
 
 
 def _contextual_memory(config: MosaicConfig, proj: nn.Module, **lags) -> ContextualMemory:
-    d, H = config.n_embd, config.n_head
+    H = config.n_head
     return ContextualMemory(
         key=_key_extractor(config),
-        value=PeekValue(_linear(d, d), H),  # W_psi
+        value=_value_extractor(config),
         bandwidth=make_bandwidth(config.bandwidth, H),
         proj=proj,
+        normalize_keys=config.normalize_keys,
         attn_dropout=config.attn_dropout,
         resid_dropout=config.dropout if not isinstance(proj, nn.Identity) else 0.0,
         **lags,
@@ -130,6 +165,9 @@ def _persistent_part(config: MosaicConfig) -> nn.Module:
     d, H = config.n_embd, config.n_head
     if config.persistent == "swiglu":
         return SwiGLU(d, 3 * d, ResidualProjection(3 * d, d), resid_dropout=config.dropout)
+    if config.persistent == "mlp":
+        hidden = 9 * d // 2
+        return GeluMLP(d, hidden, ResidualProjection(hidden, d), resid_dropout=config.dropout)
     return PersistentMemory(
         key=_key_extractor(config),
         bandwidth=make_bandwidth("learned", H),
@@ -139,6 +177,7 @@ def _persistent_part(config: MosaicConfig) -> nn.Module:
         proj=ResidualProjection(d, d),
         attn_dropout=config.pmem_attn_dropout,
         resid_dropout=config.dropout,
+        normalize=config.normalize_keys,
     )
 
 
