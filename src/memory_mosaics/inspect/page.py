@@ -2,7 +2,8 @@
 
 The page's script and style are package data (``assets/``: ``page.html`` the frame, ``page.css``,
 ``page.js``, and one body per mode); the data (:mod:`.export`) is embedded as JSON in a
-``<script type="application/json">`` element, with ``</`` escaped so that no string can close it.
+``<script type="application/json">`` element, with every ``<`` written ``\\u003c`` so that no string
+can close the element or open a comment.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def render_page(data: dict) -> str:
     if data.get("kind") not in MODES:
         raise ValueError(f"page data kind must be one of {MODES}, got {data.get('kind')!r}")
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    payload = payload.replace("</", "<\\/").replace("<!--", "<\\!--")
+    payload = payload.replace("<", "\\u003c")  # "<" only occurs in strings: no "</script>" or "<!--" left
     parts = {"CSS": _asset("page.css"), "BODY": _asset(f"{data['kind']}.html"), "JS": _asset("page.js")}
     html = _asset("page.html")
     for key, text in parts.items():
