@@ -146,10 +146,13 @@ def test_gpt2_known_ids_and_spec_round_trip(tmp_path):
     assert tok.decode(tok.encode("Hi there") + [tok.eot_id]) == "Hi there" + EOT
     spec_path = tok.save(tmp_path)
     spec = json.loads(spec_path.read_text())
-    assert spec["ranks_sha256"] == tok.ranks_sha256 and Path(spec["ranks_path"]) == ranks.resolve()
-    assert spec_path.stat().st_size < 1000  # a reference, not a copy of the 0.8 MB ranks
-    again = load_tokenizer(tmp_path)
+    assert spec["ranks_sha256"] == tok.ranks_sha256 and spec["ranks_path"] == "gpt2.tiktoken"  # relative
+    assert (tmp_path / "gpt2.tiktoken").read_bytes() == ranks.read_bytes()  # the ranks travel with the spec
+    moved = tmp_path.parent / (tmp_path.name + "-moved")
+    tmp_path.rename(moved)  # the folder works wherever it goes (no absolute path inside)
+    again = load_tokenizer(moved)
     assert isinstance(again, GPT2Tokenizer) and again.fingerprint == tok.fingerprint
+    assert again.ranks_path == (moved / "gpt2.tiktoken").resolve()
     assert tokenizer_from_spec(f"gpt2:{ranks}").encode("Hello world") == [15496, 995]
 
 

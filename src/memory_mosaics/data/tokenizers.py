@@ -18,13 +18,16 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..io import atomic_write
 from .corpus import EOT, shared_data_dir
 
 SPEC_FILE = "tokenizer.json"
+RANKS_FILE = "gpt2.tiktoken"  # the copy of the GPT-2 ranks saved beside a GPT-2 tokenizer.json
 GPT2_FORMAT = "memory_mosaics/gpt2-tiktoken"
 GPT2_EOT_ID = 50256
 # GPT-2's pre-tokenisation regex (tiktoken's r50k_base / gpt2 pattern).
@@ -96,9 +99,15 @@ class GPT2Tokenizer(Tokenizer):
         return f"gpt2-tiktoken:{self.ranks_sha256}"
 
     def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``tokenizer.json`` and a copy of the ranks file (``gpt2.tiktoken``) beside it: the
+        spec names the copy by its relative name, so the folder can move or be uploaded."""
+        copy = Path(directory) / RANKS_FILE
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if not copy.exists() or copy.resolve() != self.ranks_path:
+            atomic_write(copy, lambda tmp: shutil.copyfile(self.ranks_path, tmp))
         spec = {
             "format": GPT2_FORMAT,
-            "ranks_path": str(self.ranks_path),
+            "ranks_path": RANKS_FILE,
             "ranks_sha256": self.ranks_sha256,
             "vocab_size": self.vocab_size,
             "eot_id": self.eot_id,
@@ -107,8 +116,9 @@ class GPT2Tokenizer(Tokenizer):
 
     @classmethod
     def from_spec(cls, spec: dict, spec_path: Path) -> GPT2Tokenizer:
-        """Rebuild from a saved spec; falls back to the shared data folder if the recorded path is gone."""
-        path = Path(spec["ranks_path"])
+        """Rebuild from a saved spec; a relative ``ranks_path`` is beside the spec; falls back to the
+        shared data folder if the recorded file is gone."""
+        path = Path(spec_path).parent / spec["ranks_path"]  # an absolute recorded path stays as it is
         if not path.is_file() and shared_data_dir() is not None:
             path = _default_ranks_path()
         if not path.is_file():
