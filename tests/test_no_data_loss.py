@@ -205,6 +205,46 @@ def test_resume_skips_a_checkpoint_without_state(corpus, run_copy, base_run, tmp
     assert load_state(resolve_checkpoint(run_copy))["step"] == 12
 
 
+def _wrong_typed_state(out):
+    torch.save([1, 2], out / "ckpt-00000010" / "state.pt")
+    ckpt_mod.write_checkpoint_manifest(out / "ckpt-00000010", 10, "mosaic")  # consistent files, wrong content
+
+
+def _state_without_optimizer(out):
+    state = load_state(out / "ckpt-00000010")
+    del state["optimizer"]
+    torch.save(state, out / "ckpt-00000010" / "state.pt")
+    ckpt_mod.write_checkpoint_manifest(out / "ckpt-00000010", 10, "mosaic")
+
+
+def _truncated_weights(out):
+    with open(out / "ckpt-00000010" / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+
+
+def _flipped_byte_in_state(out):
+    path = out / "ckpt-00000010" / "state.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_wrong_typed_state, _state_without_optimizer, _truncated_weights, _flipped_byte_in_state, _no_state_in_newest],
+    ids=lambda f: f.__name__,
+)
+def test_resume_with_every_checkpoint_damaged_is_refused_and_changes_nothing(corpus, run_copy, damage):
+    damage(run_copy)
+    before = listing(run_copy)
+    with pytest.raises(ValueError) as err:
+        Trainer(config(corpus), run_copy, resume=True, log=lambda m: None)
+    message = str(err.value)
+    assert "\n" not in message and "no checkpoint is intact (ckpt-00000010)" in message, message
+    assert "nothing was changed" in message
+    assert listing(run_copy) == before  # never "starting from scratch", which would retire the damaged checkpoint
+
+
 def test_a_copy_with_links_turned_into_folders_resumes(corpus, run_copy):
     _copied_links(run_copy)
     logs = []

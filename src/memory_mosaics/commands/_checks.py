@@ -7,7 +7,13 @@ from pathlib import Path
 
 
 def check_saved_model(ckpt: Path) -> None:
-    """Refuse a checkpoint whose ``config.json`` is not a JSON object, naming the file (before loading)."""
+    """Refuse, naming the file, a checkpoint whose files do not match its manifest (sizes, SHA-256) or
+    whose ``config.json`` is not a JSON object (before loading)."""
+    from ..training.checkpoint import verify_checkpoint
+
+    problem = verify_checkpoint(ckpt)
+    if problem:
+        raise ValueError(f"{problem}; the checkpoint is damaged: use another one")
     path = Path(ckpt) / "config.json"
     if not path.is_file():
         return  # the loader says which file is missing

@@ -7,6 +7,8 @@ manifest of the checkpoints this run wrote::
                          tokenizer.json                    (tokenizer.save)
                          train_config.json                 (the resolved TrainConfig)
                          state.pt                          (optimiser, scaler, step, RNG states, data position)
+                         checkpoint_manifest.json          (format, model kind, config hash, size and
+                                                            SHA-256 of every file; written last)
     OUT/last -> ckpt-00001000
     OUT/best -> ckpt-00000800                              (best validation loss, when kept)
     OUT/run_manifest.json                                  (checkpoints written by this run; last, best)
@@ -23,6 +25,12 @@ did not write (a user's ``ckpt-my-finetune``, another run's ``ckpt-00000099``), 
 ``last``/``best`` that is not a link (a run folder copied with ``cp -L``) is moved aside to
 ``last.replaced-<timestamp>``, never deleted.
 
+Every checkpoint carries ``checkpoint_manifest.json``, written atomically after all its other files:
+:func:`checkpoint_problem` (resume) and :func:`verify_checkpoint` (``mosaics eval``/``generate``)
+check each file's size and SHA-256 against it, so a truncated, emptied or edited file is named
+instead of being loaded. A folder without it (a model saved by ``save_pretrained``, or a checkpoint
+of an older version) is accepted unverified.
+
 ``state.pt`` holds only tensors, numbers, strings and containers of them, and is read back with
 ``torch.load(weights_only=True)``: nothing is unpickled. A checkpoint folder (or ``OUT/last``) is
 also a saved model for :func:`memory_mosaics.models.load_pretrained`.
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -50,6 +59,8 @@ from ..models.base import CONFIG_NAME, WEIGHTS_NAME
 from .config import CONFIG_FILE, TrainConfig
 
 STATE_FILE = "state.pt"
+CHECKPOINT_MANIFEST = "checkpoint_manifest.json"
+CHECKPOINT_FORMAT = 1
 MANIFEST_FILE = "run_manifest.json"
 LOCK_FILE = "train.lock"
 METRICS_FILES = ("metrics.jsonl", "metrics.csv")
@@ -81,6 +92,60 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------- the checkpoint manifest
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checkpoint_manifest(folder: str | os.PathLike, step: int, model_type: str) -> None:
+    """Record the size and SHA-256 of every file of ``folder`` in ``checkpoint_manifest.json`` (atomically;
+    call it after every other file is written)."""
+    folder = Path(folder)
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != CHECKPOINT_MANIFEST and not p.name.startswith(".")
+    }
+    manifest = {
+        "format": CHECKPOINT_FORMAT,
+        "step": step,
+        "model_type": model_type,
+        "config_sha256": files[CONFIG_NAME]["sha256"],
+        "files": files,
+    }
+    atomic_write_text(folder / CHECKPOINT_MANIFEST, json.dumps(manifest, indent=1) + "\n")
+
+
+def verify_checkpoint(folder: str | os.PathLike) -> str | None:
+    """Why the files of ``folder`` do not match its ``checkpoint_manifest.json`` (naming the file), or
+    None when they all do or when there is no manifest (a plain saved model: unverified)."""
+    folder = Path(folder)
+    path = folder / CHECKPOINT_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if manifest["format"] != CHECKPOINT_FORMAT or not isinstance(files, dict):
+            raise ValueError(f"format {manifest['format']!r}")
+        entries = [(str(name), int(e["size"]), str(e["sha256"])) for name, e in files.items()]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        return f"{path} is damaged ({type(err).__name__}: {err})"
+    for name, size, sha in entries:
+        file = folder / name
+        if Path(name).name != name or not file.is_file():
+            return f"{file} is missing"
+        if file.stat().st_size != size:
+            return f"{file} has {file.stat().st_size} bytes, its manifest says {size} (truncated or replaced)"
+        if _sha256(file) != sha:
+            return f"{file} does not match its SHA-256 in {CHECKPOINT_MANIFEST} (corrupted or edited)"
+    return None
 
 
 # ---------------------------------------------------------------------- saving
@@ -117,6 +182,7 @@ def save_checkpoint(
             tokenizer.save(tmp)
             config.save(tmp)
             torch.save(state, tmp / STATE_FILE)
+            write_checkpoint_manifest(tmp, step, model.config.model_type)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # e.g. disk full: leave no partial folder
             raise
@@ -190,14 +256,41 @@ def checkpoint_problem(ckpt: str | os.PathLike) -> str | None:
     for name in (CONFIG_NAME, WEIGHTS_NAME, STATE_FILE):
         if not (ckpt / name).is_file():
             return f"no {name}"
+    problem = verify_checkpoint(ckpt)
+    if problem:
+        return problem
     try:
         with safe_open(str(ckpt / WEIGHTS_NAME), framework="pt") as f:
             f.keys()
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file makes the checkpoint damaged
         return f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        return f"{STATE_FILE} holds no training state"
+    return state_problem(state)
+
+
+# the training state's entries and their types (Trainer.save writes them, Trainer._restore reads them)
+_STATE_TYPES = {
+    "step": int,
+    "tokens_seen": int,
+    "best_val": float,
+    "optimizer": dict,
+    "scaler": dict,
+    "data_rng": torch.Tensor,
+    "torch_rng": list,
+    "cuda_rng": list,
+}
+
+
+def state_problem(state: Any) -> str | None:
+    """Why ``state`` (a loaded ``state.pt``) is not a training state, or None when it is."""
+    if not isinstance(state, dict):
+        return f"{STATE_FILE} holds no training state (a {type(state).__name__})"
+    for key, kind in _STATE_TYPES.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{STATE_FILE} holds no valid {key!r} (got {type(value).__name__})"
+    if state["step"] < 0 or not {"state", "param_groups"} <= set(state["optimizer"]):
+        return f"{STATE_FILE} holds no valid training state (step {state['step']})"
     return None
 
 
@@ -207,7 +300,10 @@ def _is_checkpoint(path: Path) -> bool:
 
 def find_resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, str | None]:
     """The checkpoint to resume: ``last`` when intact, else the newest intact one this run's manifest
-    lists or that is named ``ckpt-NNNNNNNN``; and a note saying why ``last`` was passed over (or None)."""
+    lists or that is named ``ckpt-NNNNNNNN``; and a note saying why ``last`` was passed over (or None).
+    ``(None, None)`` when the folder holds no checkpoint at all (a run killed before its first save); a
+    folder whose checkpoints are all damaged is refused (``ValueError``), since starting afresh would
+    retire them."""
     run_dir = Path(run_dir)
     last = run_dir / "last"
     problem = checkpoint_problem(last)
@@ -225,7 +321,13 @@ def find_resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, str
     for *_, p in sorted(candidates, reverse=True):
         if checkpoint_problem(p) is None:
             return p.resolve(), f"'last' is {problem}; fell back to the newest intact checkpoint {p}"
-    return None, f"'last' is {problem} and no other intact checkpoint was found"
+    if candidates or os.path.lexists(last):  # starting afresh would retire them: refuse, change nothing
+        names = ", ".join(sorted(c[2] for c in candidates)) or "last"
+        raise ValueError(
+            f"{run_dir}: 'last' is {problem} and no checkpoint is intact ({names}); nothing was changed: "
+            "move the damaged checkpoints away to start afresh, or choose another --out"
+        )
+    return None, None
 
 
 class RunLock:
@@ -288,5 +390,34 @@ def load_state(ckpt: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_weights(model: nn.Module, ckpt: str | os.PathLike, device: torch.device | str = "cpu") -> None:
-    """Load a checkpoint's ``model.safetensors`` into ``model`` (shapes must match)."""
-    load_model(model, Path(ckpt) / WEIGHTS_NAME, device=str(device))
+    """Load a checkpoint's ``model.safetensors`` into ``model``. A checkpoint of another model kind or
+    of other shapes is refused (``ValueError``) naming the checkpoint, the kind or tensor, and what was
+    expected."""
+    ckpt = Path(ckpt)
+    config_path = ckpt / CONFIG_NAME
+    try:
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{config_path} is not valid JSON ({err}); the checkpoint is damaged: use another one"
+        ) from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{config_path} is not a model config (a {type(saved).__name__}); use another checkpoint")
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    if kind is not None and saved.get("model_type") != kind:
+        raise ValueError(
+            f"{ckpt} holds a {saved.get('model_type')!r} model where a {kind!r} one was expected "
+            "(--model); resume with the run's own --model or choose another --out"
+        )
+    with safe_open(str(ckpt / WEIGHTS_NAME), framework="pt") as f:
+        shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    for name, tensor in model.state_dict().items():
+        if name in shapes and shapes[name] != tuple(tensor.shape):
+            raise ValueError(
+                f"{ckpt}: tensor {name} has shape {list(shapes[name])}, this model expects {list(tensor.shape)} "
+                "(the config's sizes or vocabulary differ from the checkpoint's); use the run's own config"
+            )
+    try:
+        load_model(model, ckpt / WEIGHTS_NAME, device=str(device))
+    except RuntimeError as err:  # missing or unexpected tensors
+        raise ValueError(f"{ckpt} does not fit this model: {' '.join(str(err).split())[:300]}") from None

@@ -163,10 +163,15 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.step, self.tokens_seen, self.best_val, self.data_time = 0, 0, math.inf, 0.0
         if ckpt:
-            self._restore(checkpoints.load_state(ckpt))
+            try:
+                self._restore(checkpoints.load_state(ckpt))
+            except (ValueError, KeyError, TypeError, RuntimeError) as err:  # e.g. another optimiser's groups
+                raise ValueError(
+                    f"cannot restore the training state of {ckpt}: {err}; use another checkpoint"
+                ) from None
             self.log(f"resumed from {ckpt} at step {self.step}")
         elif resume:
-            self.log(f"no intact checkpoint in {self.out}; starting from scratch (metrics are appended)")
+            self.log(f"no checkpoint in {self.out}; starting from scratch (metrics are appended)")
         self.ddp = distributed.wrap(self.model, d)
         self.train_model = torch.compile(self.ddp) if cfg.compile else self.ddp
         self.metrics = None
