@@ -131,7 +131,7 @@ class PeekValue(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (v, v~): values (B, H, T, Dh), and v~ whose last step completes v_{T} later."""
         vt = self.project(x)
-        return self.mix(vt, F.pad(vt[:, :, 1:], (0, 0, 0, 1))), vt
+        return self.mix(vt, F.pad(vt, (0, 0, 0, 1))[:, :, 1:]), vt  # v~_{t+1}, 0 at the end (no guard on T)
 
 
 class ComplexLinear(nn.Module):
