@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -23,13 +24,18 @@ from .tokenizers import Tokenizer, load_tokenizer, tokenizer_from_spec
 
 
 def resolve_data_path(source: str) -> str:
-    """Expand a ``shared:`` prefix into the shared data folder; other sources are returned as is."""
+    """Expand a ``shared:`` prefix into the shared data folder; other sources are returned as is. A
+    ``shared:`` path that leaves the folder (``shared:../..``, an absolute path, a link pointing out)
+    is refused."""
     if not source.startswith("shared:"):
         return source
     root = shared_data_dir()
     if root is None:
         raise ValueError(f"{source}: the shared data folder was not found (set MOSAICS_SHARED_DATA)")
-    return str(root / source[len("shared:") :])
+    path = root / source[len("shared:") :]
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{source} leaves the shared data folder {root}; name a path inside it")
+    return str(path)
 
 
 def resolve_cache_dir(cache_dir: str = "") -> Path:
@@ -61,7 +67,11 @@ def build_tokenizer(
         tqdm.write(f"training a {spec} tokenizer on {source}")
     tokenizer = tokenizer_from_spec(spec, read_documents(source, separator, text_field))
     tmp = directory.with_name(f".{directory.name}.{os.getpid()}")
-    tokenizer.save(tmp)
+    try:
+        tokenizer.save(tmp)
+    except BaseException:  # e.g. a full disk: leave no partial folder in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     publish_directory(tmp, directory)  # another run may have cached the same tokenizer meanwhile
     return tokenizer
 

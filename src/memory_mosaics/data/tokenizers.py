@@ -15,6 +15,7 @@ end-of-text id; append :attr:`Tokenizer.eot_id` yourself between documents.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import os
@@ -74,7 +75,7 @@ class GPT2Tokenizer(Tokenizer):
         data = path.read_bytes()
         self.ranks_path = path.resolve()
         self.ranks_sha256 = hashlib.sha256(data).hexdigest()
-        ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in data.splitlines() if line)}
+        ranks = _parse_ranks(path, data)
         self._enc = tiktoken.Encoding(
             name="gpt2",
             pat_str=GPT2_PATTERN,
@@ -116,9 +117,16 @@ class GPT2Tokenizer(Tokenizer):
 
     @classmethod
     def from_spec(cls, spec: dict, spec_path: Path) -> GPT2Tokenizer:
-        """Rebuild from a saved spec; a relative ``ranks_path`` is beside the spec; falls back to the
+        """Rebuild from a saved spec; ``ranks_path`` is a file name beside the spec (a path, absolute or
+        with a folder, is refused: a checkpoint never makes the tool read elsewhere); falls back to the
         shared data folder if the recorded file is gone."""
-        path = Path(spec_path).parent / spec["ranks_path"]  # an absolute recorded path stays as it is
+        name = spec.get("ranks_path")
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(
+                f"{spec_path}: ranks_path must be the name of a file beside it (got {name!r}); "
+                "a tokenizer never reads outside its folder: use another checkpoint"
+            )
+        path = Path(spec_path).parent / name
         if not path.is_file() and shared_data_dir() is not None:
             path = _default_ranks_path()
         if not path.is_file():
@@ -223,6 +231,25 @@ def tokenizer_from_spec(spec: str, documents: Sequence[str] | None = None) -> To
             raise ValueError(f"tokenizer spec {spec!r} trains a BPE and needs training documents")
         return train_bpe(documents, int(arg))
     raise ValueError(f"unknown tokenizer spec {spec!r}: expected gpt2[:RANKS_PATH], bpe:VOCAB_SIZE or a directory")
+
+
+def _parse_ranks(path: Path, data: bytes) -> dict[bytes, int]:
+    """The ``BASE64_TOKEN RANK`` lines of a tiktoken ranks file; a malformed one raises ``ValueError``
+    naming the file and the line."""
+    ranks = {}
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error):
+            raise ValueError(
+                f"{path}, line {number}: not a tiktoken ranks line (BASE64_TOKEN RANK); use the GPT-2 ranks file"
+            ) from None
+    if not ranks:
+        raise ValueError(f"{path} holds no ranks; use the GPT-2 ranks file (gpt2.tiktoken)")
+    return ranks
 
 
 def _default_ranks_path() -> Path:
