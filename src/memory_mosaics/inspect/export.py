@@ -27,7 +27,7 @@ DIGITS = 4
 
 def rounded(x: Tensor, digits: int = DIGITS) -> list:
     """A tensor as nested lists of floats rounded to ``digits`` decimals (NaN and infinities -> None)."""
-    x = torch.round(x.detach().float().cpu() * 10**digits) / 10**digits
+    x = torch.round(x.detach().double().cpu() * 10**digits) / 10**digits  # float64: 0.1234, not 0.12340000271
     values = x.tolist()
     return values if bool(x.isfinite().all()) else _finite_or_none(values)
 

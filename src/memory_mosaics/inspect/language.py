@@ -80,10 +80,14 @@ def _branch_memories(module: nn.Module, name: str, h: Tensor, top_k: int, chunk:
 
 
 def _lens(logits: Tensor, ids: Tensor, lens_k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """logits (T, V) -> top ids (T, n), their probabilities, log p(ids[t + 1]) (T - 1,)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    top_logp, top_ids = torch.topk(logp, min(lens_k, logp.shape[-1]), dim=-1)
-    return top_ids, top_logp.exp(), logp[:-1].gather(-1, ids[1:, None])[:, 0]
+    """logits (T, V) -> top ids (T, n), their probabilities, log p(ids[t + 1]) (T - 1,).
+
+    log p = logits - logsumexp(logits): only the kept entries are normalised (no (T, V) log-softmax)."""
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (T, 1)
+    top_logits, top_ids = torch.topk(logits, min(lens_k, logits.shape[-1]), dim=-1)
+    target = logits[:-1].gather(-1, ids[1:, None]) - lse[:-1]
+    return top_ids, (top_logits - lse).exp(), target[:, 0]
 
 
 @torch.no_grad()

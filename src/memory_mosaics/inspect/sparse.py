@@ -63,7 +63,7 @@ def sparse_causal_weights(
         top_s = torch.where(allowed[None].expand(H, -1, -1).gather(-1, top_s), top_s, -1)
         sources.append(top_s)
         weights.append(torch.where(top_s >= 0, top_w, 0.0))
-        entropy.append(-(w * w.clamp_min(1e-30).log()).sum(-1))
+        entropy.append(torch.special.entr(w).sum(-1))  # -sum_s w log w, 0 log 0 = 0
         distance.append((w * (rows[:, None] - positions[None, :]).to(w.dtype)).sum(-1))
         readable.append(allowed.sum(-1))
     return SparseWeights(
@@ -76,7 +76,7 @@ def sparse_rows(w: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k of dense weight rows w (H, T, N) over a fixed bank (persistent memory):
     (slots (H, T, k), weights (H, T, k), entropy (H, T))."""
     top_w, top_i = torch.topk(w.float(), min(top_k, w.shape[-1]), dim=-1)
-    return top_i, top_w, -(w * w.clamp_min(1e-30).log()).sum(-1)
+    return top_i, top_w, torch.special.entr(w.float()).sum(-1)
 
 
 def to_dense(sparse: SparseWeights) -> Tensor:
