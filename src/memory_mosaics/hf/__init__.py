@@ -7,7 +7,7 @@
 * :mod:`.configuration`: ``MosaicHFConfig``, ``GPTHFConfig`` (the package configs' fields);
 * :mod:`.modeling`: ``MosaicForCausalLM``, ``GPTForCausalLM`` (``PreTrainedModel`` + ``GenerationMixin``);
 * :mod:`.cache`: ``MosaicCache``, the memories' stored pairs as ``generate``'s cache;
-* :mod:`.auto`: the registration; :mod:`.convert`: package checkpoint <-> HF folder (with the
+* :mod:`.hook`: the registration on import; :mod:`.convert`: package checkpoint <-> HF folder (with the
   tokenizer and, for ``trust_remote_code``, the modeling code: :mod:`.remote`); :mod:`.hub`: the Hub;
 * :mod:`.lm_eval`: the ``lm-evaluation-harness`` model ``mosaics``.
 
@@ -26,7 +26,6 @@ _LAZY = {
     "MosaicForCausalLM": "modeling",
     "GPTForCausalLM": "modeling",
     "MosaicCache": "cache",
-    "register": "auto",
 }
 
 __all__ = sorted(_LAZY)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from ..models.gpt import GPTConfig
 from ..models.mosaic import MosaicConfig
@@ -67,3 +67,8 @@ def hf_config(native, **extra) -> PretrainedConfig:
         raise ValueError(f"no Hugging Face config for model_type {native.model_type!r}")
     fields = {f.name: getattr(native, f.name) for f in dataclasses.fields(native)}
     return HF_CONFIGS[native.model_type](**fields, **extra)
+
+
+if __name__ == "memory_mosaics.hf.configuration":  # the package, not a trust_remote_code copy of it
+    for _kind, _config in HF_CONFIGS.items():
+        AutoConfig.register(_kind, _config, exist_ok=True)

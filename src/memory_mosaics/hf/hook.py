@@ -1,7 +1,8 @@
 """Registration with ``transformers`` on ``import memory_mosaics``, without importing it.
 
 ``transformers`` takes seconds to import, so ``import memory_mosaics`` does not import it. Instead
-:func:`install` registers the Auto classes (:mod:`.auto`) right away when ``transformers`` is
+:func:`install` registers the Auto classes (by importing :mod:`.modeling`, which registers
+its classes and :mod:`.configuration`'s) right away when ``transformers`` is
 already imported, and otherwise when it is imported later (a one-shot import hook that runs after
 ``transformers``' own ``__init__``). Nothing happens when ``transformers`` is not installed.
 """
@@ -14,10 +15,14 @@ import importlib.util
 import sys
 import warnings
 
+ENTRY = ("memory_mosaics.hf.configuration", "memory_mosaics.hf.modeling")  # they register on import
+
 
 def _register() -> None:
+    if any(name in sys.modules for name in ENTRY):
+        return  # being imported right now (it imported transformers): it registers when it is done
     try:
-        importlib.import_module("memory_mosaics.hf.auto")
+        importlib.import_module("memory_mosaics.hf.modeling")
     except Exception as err:  # never break the user's `import transformers`
         warnings.warn(f"memory_mosaics: could not register with transformers' Auto classes: {err}", stacklevel=2)
 

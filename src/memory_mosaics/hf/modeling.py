@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..models.generation import prompt_lengths
@@ -59,6 +59,16 @@ class _NativeCausalLM(PreTrainedModel, GenerationMixin):
 
     def _init_weights(self, module) -> None:
         """Nothing: the native model initialises its weights when it is built (its reference init)."""
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """``transformers``' save, plus the remote code and its ``auto_map`` (:mod:`.remote`), so that
+        ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` works without this
+        package. (A copy loaded as remote code saves its own files the ``transformers`` way.)"""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if __name__ == "memory_mosaics.hf.modeling":
+            from .remote import write_remote_code
+
+            write_remote_code(save_directory)
 
     def get_input_embeddings(self):
         return self.model.wte
@@ -132,3 +142,8 @@ class GPTForCausalLM(_NativeCausalLM):
 
 
 HF_MODELS = {cls.config_class.model_type: cls for cls in (MosaicForCausalLM, GPTForCausalLM)}
+
+if __name__ == "memory_mosaics.hf.modeling":  # the package, not a trust_remote_code copy of it
+    for _config, _model in ((c.config_class, c) for c in HF_MODELS.values()):
+        AutoModel.register(_config, _model, exist_ok=True)
+        AutoModelForCausalLM.register(_config, _model, exist_ok=True)
