@@ -63,23 +63,27 @@ def expected_sources(data, layer, head, t):
 def test_language_page_shows_what_a_token_retrieved(browser, tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     page = tmp_path / "page.html"
-    assert cli.main(["inspect", "--checkpoint", str(ckpt), "--text", STORY, "--out", str(page), "--top-k", "5"]) == 0
+    first = ["--token", "20", "--layer", "1", "--head", "1"]  # the view the page opens with
+    argv = ["inspect", "--checkpoint", str(ckpt), "--text", STORY, "--out", str(page), "--top-k", "5", *first]
+    assert cli.main(argv) == 0
     data = page_data(page.read_text(encoding="utf-8"))
     open_page(browser, page)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#text .tok")) == len(data["tokens"])
-    t = len(data["tokens"]) - 3
-    browser.find_element(By.ID, f"tok-{t}").click()
-    assert shown_sources(browser) == expected_sources(data, 0, 0, t)
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#arcs path.arc")) >= 1
-    assert "query" in browser.find_element(By.ID, f"tok-{t}").get_attribute("class")
-    Select(browser.find_element(By.ID, "layer")).select_by_value("1")
-    Select(browser.find_element(By.ID, "head")).select_by_value("1")
-    assert shown_sources(browser) == expected_sources(data, 1, 1, t)
+    assert shown_sources(browser) == expected_sources(data, 1, 1, 20)
     slots = browser.find_elements(By.CSS_SELECTOR, "#pmem tr[data-slot]")
     pmem = data["layers"][1]["memories"][1]
-    assert [int(r.get_attribute("data-slot")) for r in slots] == pmem["src"][1][t * 5 : t * 5 + 5]
+    assert [int(r.get_attribute("data-slot")) for r in slots] == pmem["src"][1][20 * 5 : 20 * 5 + 5]
+    t = len(data["tokens"]) - 3
+    browser.find_element(By.ID, f"tok-{t}").click()
+    Select(browser.find_element(By.ID, "layer")).select_by_value("0")
+    Select(browser.find_element(By.ID, "head")).select_by_value("0")
+    assert shown_sources(browser) == expected_sources(data, 0, 0, t)
+    arcs = browser.find_elements(By.CSS_SELECTOR, "#arcs path.arc")
+    assert {int(a.get_attribute("data-src")) for a in arcs} <= set(expected_sources(data, 0, 0, t)[0])
+    assert len(arcs) >= 1 and "query" in browser.find_element(By.ID, f"tok-{t}").get_attribute("class")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#lens tbody tr")) == len(data["layers"])
     assert len(browser.find_elements(By.CSS_SELECTOR, "#heads tbody tr")) == 2 * 2  # layers x heads
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#heads tr.sel")) == 1
     shot = tmp_path / "page.png"
     assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:4] == b"\x89PNG"
 

@@ -65,6 +65,9 @@ def test_inspect_from_a_file_and_json_only(checkpoint, tmp_path):
         (["--text", "", "--out", "p.html"], "empty"),
         (["--text", "hi", "--out", "p.html", "--top-k", "0"], "--top-k"),
         (["--text", "hi", "--out", "p.html", "--threads", "0"], "--threads"),
+        (["--text", "hi", "--out", "p.html", "--layer", "2"], "--layer must be in 0..1"),
+        (["--text", "hi", "--out", "p.html", "--head", "-1"], "--head must be in 0..1"),
+        (["--text", "hi", "--out", "p.html", "--token", "99"], "--token"),
     ],
 )
 def test_bad_options_are_one_line_errors(checkpoint, tmp_path, capsys, monkeypatch, extra, words):

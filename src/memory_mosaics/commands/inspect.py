@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="FILE.html", help="the page to write")
     parser.add_argument("--json", metavar="FILE", help="also (or only) write the page's data as JSON, for notebooks")
     parser.add_argument("--top-k", type=int, default=8, help=f"sources kept per query and head (1..{MAX_TOP_K})")
+    view = parser.add_argument_group("the page's first view (language pages)")
+    view.add_argument("--token", type=int, default=None, help="token position pinned at first (default: the last)")
+    view.add_argument("--layer", type=int, default=0, help="layer shown at first")
+    view.add_argument("--head", type=int, default=0, help="head shown at first")
     parser.add_argument("--seed", type=int, default=None, help="--moons: the seed to show (default: the median run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
@@ -77,6 +81,12 @@ def language_data(args: argparse.Namespace) -> dict:
     block = getattr(model.config, "block_size", None)
     if block is not None and len(ids) > block:
         raise ValueError(f"the text has {len(ids)} tokens, more than the model's block_size {block}; shorten it")
+    config = model.config
+    for name, value, limit in (("--token", args.token, len(ids)), ("--layer", args.layer, config.n_layer)):
+        if value is not None and not 0 <= value < limit:
+            raise ValueError(f"{name} must be in 0..{limit - 1} (this text and model), got {value}")
+    if not 0 <= args.head < config.n_head:
+        raise ValueError(f"--head must be in 0..{config.n_head - 1}, got {args.head}")
     ins = inspect(model, torch.tensor(ids), top_k=args.top_k)
     listed = {int(i) for layer in ins.layers for i in layer.lens_ids.flatten().tolist()}
     vocab = {i: tokenizer.decode([i]) for i in listed}
@@ -84,9 +94,11 @@ def language_data(args: argparse.Namespace) -> dict:
     kind = model.config.model_type
     data = language_dict(ins, tokens, vocab, title=f"{kind} {ckpt}")
     data["subtitle"] = (
-        f"{model.config.n_layer} layers, {model.config.n_head} heads, d {model.config.n_embd}; "
+        f"{config.n_layer} layers, {config.n_head} heads, d {config.n_embd}; "
         f"{len(ids)} tokens, mean loss {data['mean_loss']}"
     )
+    last = len(ids) - 1
+    data["initial"] = {"token": last if args.token is None else args.token, "layer": args.layer, "head": args.head}
     return data
 
 

@@ -207,10 +207,13 @@ function languagePage() {
     rows.forEach((tr) => tr.classList.toggle("sel", +tr.dataset.layer === state.layer &&
       +tr.dataset.memory === state.memory && +tr.dataset.head === state.head));
   }
+  const first = DATA.initial || {};
+  state.layer = Math.max(0, Math.min(DATA.layers.length - 1, first.layer || 0));
+  layerSel.value = state.layer;
+  state.head = first.head || 0;
   fillMemories();
   markHead();
-  const start = DATA.initial_token !== undefined ? DATA.initial_token : T - 1;
-  select(Math.max(0, Math.min(T - 1, start)));
+  select(Math.max(0, Math.min(T - 1, first.token !== undefined ? first.token : T - 1)));
 }
 
 // ------------------------------------------------------------------------------------------ moons
