@@ -15,14 +15,28 @@ Flags (``add_common_arguments``):
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from ..plotting import pyplot
 from ..training.distributed import resolve_device
 
-__all__ = ["add_common_arguments", "apply_threads", "check_threads", "pyplot", "resolve_device", "seed_list", "seeds"]
+__all__ = [
+    "add_common_arguments",
+    "apply_threads",
+    "check_threads",
+    "map_jobs",
+    "pyplot",
+    "resolve_device",
+    "seed_list",
+    "seeds",
+    "usable_cores",
+]
 
 
 def seed_list(text: str) -> list[int]:
@@ -96,3 +110,46 @@ def apply_threads(threads: int) -> None:
     check_threads(threads)
     if threads:
         torch.set_num_threads(threads)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def map_jobs(
+    fn: Callable[..., Any],
+    jobs: dict[Hashable, tuple],
+    workers: int,
+    on_result: Callable[[Hashable, Any], None] | None = None,
+    progress: bool = True,
+    desc: str = "jobs",
+) -> dict[Hashable, Any]:
+    """``{key: fn(*args)}`` for every ``key: args`` of ``jobs``, in ``workers`` processes (spawned;
+    1: in this process, in order). ``on_result(key, result)`` runs in this process as each job ends
+    (e.g. to save it). The first failed job re-raises here and cancels the jobs still waiting."""
+    results: dict[Hashable, Any] = {}
+
+    def done(key, result):
+        results[key] = result
+        if on_result is not None:
+            on_result(key, result)
+
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        for key, args in jobs.items():
+            done(key, fn(*args))
+        return results
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(fn, *args): key for key, args in jobs.items()}
+        try:
+            for future in tqdm(
+                as_completed(futures), total=len(futures), desc=f"{desc} ({workers} processes)", disable=not progress
+            ):
+                done(futures[future], future.result())  # re-raise a failed job at once
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return results

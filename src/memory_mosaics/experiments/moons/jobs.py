@@ -4,27 +4,15 @@ in any process with identical results."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
-
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from ...models.moons import moons_memory
 from ...training.loop import TrainingDiverged
-from ..common import apply_threads
+from ..common import apply_threads, map_jobs, usable_cores
 from .evaluate import evaluate
 from .settings import MODELS, Settings
 from .train import train
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def run_model(
@@ -60,18 +48,8 @@ def run_models(
     [{"seed": s, "models": {name: result}}]. The first failed job stops the others still waiting."""
     pairs = [(seed, name) for seed in seeds for name in models]
     workers = min(len(pairs), jobs or usable_cores())
-    if workers == 1:
-        results = {pair: run_model(*pair, systems, eval_x, settings, threads, progress) for pair in pairs}
-    else:
+    if workers > 1:
         pairs.sort(key=lambda pair: -MODELS[pair[1]])  # the slower 3-head models first: shorter tail
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_model, *pair, systems, eval_x, settings, threads, False): pair for pair in pairs}
-            try:
-                done = as_completed(futures)
-                for future in tqdm(done, total=len(pairs), desc=f"models ({workers} processes)", disable=not progress):
-                    future.result()  # re-raise a failed job at once
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-            results = {pair: future.result() for future, pair in futures.items()}
+    args = {pair: (*pair, systems, eval_x, settings, threads, progress and workers == 1) for pair in pairs}
+    results = map_jobs(run_model, args, workers, progress=progress, desc="models")
     return [{"seed": seed, "models": {name: results[seed, name] for name in models}} for seed in seeds]
