@@ -83,6 +83,9 @@ def test_ablations_quick_end_to_end_and_resume(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv + ["--resume"]) == 0
     assert "2 jobs reused, 0 to run" in capsys.readouterr().out
+    (out / "ablations.md").unlink()
+    assert main([*argv, "--replot"]) == 0
+    assert (out / "ablations.md").read_text().splitlines() == table
 
 
 def test_sensitivity_quick_sweeps_around_the_presets_rates(tmp_path):

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     header = {"experiment": EXPERIMENT, "quick": args.quick, "ablations": {k: list(v) for k, v in ABLATIONS.items()}}
     study = Study(out, header, args.resume)
-    runs = study.run(jobs(args), args)
+    runs = study.replot() if args.replot else study.run(jobs(args), args)
     rows = summarise(runs, ("probe", "ablation"), ("accuracy", "tvd"))
     study.data["summary"] = rows
     study.save()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..training.config import TrainConfig
 from .common import add_common_arguments, apply_threads, pyplot, seeds
+from .language import prepare_data
 from .probes import LANGUAGE_CONFIG
 from .studies import Study, add_study_arguments, check_jobs, summarise
 
@@ -133,7 +134,12 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     header = {"experiment": EXPERIMENT, "quick": args.quick, "lr_factors": args.lr_factors}
     study = Study(out, {**header, "weight_decays": args.weight_decays}, args.resume)
-    runs = study.run(jobs(args), args)
+    if args.replot:
+        runs = study.replot()
+    else:
+        if "language" in args.probes:  # the tokenizer and token caches, once for every job
+            prepare_data(TrainConfig.from_file(LANGUAGE_CONFIG), "")
+        runs = study.run(jobs(args), args)
     # the reference point (factor 1 at the probe's weight decay) belongs to both sweeps
     for r in [r for r in runs if r["sweep"] == "lr"]:
         base = base_hparams(r["probe"], r["model"], args.quick)

@@ -27,6 +27,9 @@ def add_study_arguments(parser: argparse.ArgumentParser, probes: Sequence[str], 
     )
     parser.add_argument("--jobs", type=int, default=1, help="jobs run at once, each in its own process (default 1)")
     parser.add_argument("--resume", action="store_true", help="reuse the jobs already in OUT/results.json")
+    parser.add_argument(
+        "--replot", action="store_true", help="only rewrite the summary, table and figure from OUT/results.json"
+    )
 
 
 def check_jobs(jobs: int) -> None:
@@ -43,10 +46,25 @@ class Study:
         self.data: dict[str, Any] = {**header, "runs": []}
         self.previous: dict[str, dict] = {}
         if resume and self.path.is_file():
-            old = json.loads(self.path.read_text())
-            if not isinstance(old, dict) or not isinstance(old.get("runs"), list):
-                raise ValueError(f"--resume: {self.path} is not a results file of this study; move it away")
-            self.previous = {r["key"]: r for r in old["runs"] if isinstance(r, dict) and "key" in r}
+            self.previous = {r["key"]: r for r in self.read_runs(self.path)}
+
+    @staticmethod
+    def read_runs(path: Path) -> list[dict]:
+        """The finished jobs recorded in ``path`` (a results.json of a study)."""
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: cannot read the study's results ({err}); move it away") from None
+        if not isinstance(old, dict) or not isinstance(old.get("runs"), list):
+            raise ValueError(f"{path} is not a results file of this study; move it away")
+        return [r for r in old["runs"] if isinstance(r, dict) and "key" in r]
+
+    def replot(self) -> list[dict]:
+        """The runs of the existing record, for ``--replot`` (no job runs)."""
+        if not self.path.is_file():
+            raise ValueError(f"--replot: no {self.path}; run the study first")
+        self.data["runs"] = self.read_runs(self.path)
+        return self.data["runs"]
 
     def run(self, jobs: list[dict], args: argparse.Namespace) -> list[dict]:
         """Every job (reusing those in the previous record), in ``args.jobs`` processes."""
