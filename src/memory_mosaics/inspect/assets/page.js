@@ -15,7 +15,8 @@ const el = (tag, attrs, ...kids) => {
   return e;
 };
 const fmt = (x, d = 3) => (x === null || x === undefined || Number.isNaN(x) ? "-" : Number(x).toFixed(d));
-const show = (s) => JSON.stringify(s).slice(1, -1);  // a token with its spaces and newlines visible
+const MARKED = 0.01;  // smallest weight marked in the text (outline and arc)
+const show = (s) => String(s).replace(/\n/g, "\\n").replace(/\t/g, "\\t");  // newlines and tabs visible
 
 function table(headers, rows) {
   const t = el("table");
@@ -84,7 +85,7 @@ function languagePage() {
     };
     const [x2, y2] = centre(t);
     for (const [s, w] of srcs) {
-      if (w < 0.01) continue;
+      if (w < MARKED) continue;
       const [x1, y1] = centre(s);
       const lift = 18 + Math.min(60, Math.abs(x2 - x1) / 6 + Math.abs(y2 - y1) / 3);
       const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
@@ -114,6 +115,7 @@ function languagePage() {
     const srcs = sources(mem, state.head, t);
     spans[t].classList.add("query");
     for (const [s, w] of srcs) {
+      if (w < MARKED) continue;  // listed in the panel, not marked in the text
       spans[s].classList.add("src");
       spans[s].style.boxShadow = `inset 0 -${Math.max(2, Math.round(10 * w))}px 0 rgba(34, 102, 204, 0.8)`;
     }
@@ -139,6 +141,7 @@ function languagePage() {
     const p = $("pmem");
     p.textContent = "";
     const pm = layer.memories.find((m) => m.kind === "persistent");
+    p.style.display = pm ? "" : "none";  // v2's SwiGLU and GPT's MLP have no slots
     if (pm && state.head < pm.heads.length) {
       p.append(el("h3", { text: `P-mem slots (layer ${state.layer}, head ${state.head})` }));
       p.append(table([["slot", "num"], ["weight", "num"], [""]], sources(pm, state.head, t).map(([s, w]) =>
@@ -156,14 +159,13 @@ function languagePage() {
     const lens = $("lens");
     lens.textContent = "";
     lens.append(el("h3", { text: "Logit lens after each block" }));
-    lens.append(table([["layer"], ["top tokens"], ["p(next)", "num"], ["|C|", "num"], ["|P|", "num"]],
-      DATA.layers.map((L, l) => {
-        const names = Object.keys(L.norms).filter((n) => n !== "stream");
-        return el("tr", {}, cell(String(l)),
-          cell(L.lens.ids[t].slice(0, 3).map((id, j) => `${show(DATA.vocab[id])} ${fmt(L.lens.p[t][j], 2)}`).join("  ")),
-          cell(t + 1 < T ? fmt(Math.exp(L.lens.target_logp[t])) : "-", "num"),
-          cell(fmt(L.norms[names[0]][t], 2), "num"), cell(fmt(L.norms[names[1]][t], 2), "num"));
-      })));
+    const branches = Object.keys(DATA.layers[0].norms).filter((n) => n !== "stream");  // residual branches
+    lens.append(el("div", { class: "hint", text: "|branch|: norm of what each residual branch adds at this token" }));
+    lens.append(table([["layer"], ["top tokens"], ["p(next)", "num"], ...branches.map((n) => [`|${n}|`, "num"])],
+      DATA.layers.map((L, l) => el("tr", {}, cell(String(l)),
+        cell(L.lens.ids[t].slice(0, 3).map((id, j) => `${show(DATA.vocab[id])} ${fmt(L.lens.p[t][j], 2)}`).join("  ")),
+        cell(t + 1 < T ? fmt(Math.exp(L.lens.target_logp[t])) : "-", "num"),
+        ...branches.map((n) => cell(fmt(L.norms[n][t], 2), "num"))))));
   }
 
   function select(t) { state.pinned = t; render(t); }
