@@ -186,7 +186,8 @@ function languagePage() {
   headSel.addEventListener("change", () => { state.head = +headSel.value; rerender(); });
 
   // heads overview: one row per (layer, memory, head); a click chooses that head
-  const cols = ["beta", "decay", "gate", "gamma", "alpha"];
+  const cols = ["beta", "decay", "gate", "gamma", "alpha"].filter((c) =>  // the parameters these models have
+    DATA.layers.some((_, l) => contextualMemories(l).some((m) => m.heads.some((h) => h[c] !== undefined && h[c] !== null))));
   const rows = [];
   DATA.layers.forEach((L, l) => contextualMemories(l).forEach((m, mi) => m.heads.forEach((h, hi) => {
     const tr = el("tr", { "data-layer": l, "data-memory": mi, "data-head": hi },
