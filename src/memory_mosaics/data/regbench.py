@@ -49,6 +49,7 @@ MAX_OUT_EDGES = 3
 MIN_STRINGS, MAX_STRINGS = 10, 19
 MIN_STRING_LEN, MAX_STRING_LEN = 1, 49
 SPLITS = ("test", "validation", "train")
+MAX_PROMPT_TOKENS = MAX_STRINGS * (MAX_STRING_LEN + 1)  # the longest prompt sample_prompt can draw
 
 
 def encode(text: str) -> list[int]:
@@ -108,11 +109,32 @@ class Automaton:
 
     @classmethod
     def from_json(cls, data: Mapping) -> "Automaton":
-        """Inverse of :meth:`to_json`."""
-        table = np.full((data["num_states"], VOCAB_SIZE), -1, dtype=np.int64)
-        for state, letter, target in data["transitions"]:
+        """Inverse of :meth:`to_json`. Raises ``ValueError`` on anything :meth:`to_json` cannot write:
+        ``num_states`` outside [1, MAX_STATES], a state outside [0, num_states), a letter outside the
+        letter ids 1..18, a transition defined twice."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"automaton must be an object, got {type(data).__name__}")
+        num_states, start, transitions = data.get("num_states"), data.get("start"), data.get("transitions")
+        if not _is_int(num_states) or not 1 <= num_states <= MAX_STATES:
+            raise ValueError(f"automaton num_states must be an integer in [1, {MAX_STATES}], got {num_states!r}")
+        if not _is_int(start) or not 0 <= start < num_states:
+            raise ValueError(f"automaton start must be a state in [0, {num_states}), got {start!r}")
+        if not isinstance(transitions, list):
+            raise ValueError(f"automaton transitions must be a list of [state, letter, state], got {transitions!r}")
+        table = np.full((num_states, VOCAB_SIZE), -1, dtype=np.int64)
+        for edge in transitions:
+            if not (isinstance(edge, list) and len(edge) == 3 and all(_is_int(v) for v in edge)):
+                raise ValueError(f"automaton transition must be [state, letter, state] integers, got {edge!r}")
+            state, letter, target = edge
+            if not (0 <= state < num_states and 0 <= target < num_states and LETTERS[0] <= letter <= LETTERS[-1]):
+                raise ValueError(
+                    f"automaton transition {edge} is out of range (states in [0, {num_states}), "
+                    f"letters in [{LETTERS[0]}, {LETTERS[-1]}])"
+                )
+            if table[state, letter] >= 0:
+                raise ValueError(f"automaton transition from state {state} on letter {letter} is defined twice")
             table[state, letter] = target
-        return cls(table, int(data["start"]))
+        return cls(table, start)
 
     def canonical_key(self) -> bytes:
         """Key identifying the language: the canonical minimal automaton's transition table."""
@@ -220,7 +242,25 @@ class Environment:
 
     @classmethod
     def from_json(cls, data: Mapping) -> "Environment":
-        return cls(data["split"], Automaton.from_json(data["automaton"]), list(data["tokens"]))
+        """Inverse of :meth:`to_json`. Raises ``ValueError`` on a record it could not have written: an
+        unknown split, a bad automaton, tokens that are not letters and separators, or a prompt whose
+        walks the automaton does not accept."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a record must be a JSON object, got {type(data).__name__}")
+        split, tokens = data.get("split"), data.get("tokens")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        automaton = Automaton.from_json(data.get("automaton"))
+        if not isinstance(tokens, list) or len(tokens) < 2 or len(tokens) > MAX_PROMPT_TOKENS:
+            raise ValueError(f"tokens must be a list of 2 to {MAX_PROMPT_TOKENS} token ids")
+        if not all(_is_int(t) and LETTERS[0] <= t <= SEP for t in tokens):
+            bad = next(t for t in tokens if not (_is_int(t) and LETTERS[0] <= t <= SEP))
+            raise ValueError(f"tokens must be letter ids 1..18 or the separator 19, got {bad!r}")
+        walks = decode(tokens).split(ALPHABET[SEP])
+        for walk in walks:
+            if not automaton.accepts(encode(walk)):
+                raise ValueError(f"the prompt's walk {walk!r} is not accepted by the record's automaton")
+        return cls(split, automaton, list(tokens))
 
 
 def _draw_environments(split: str, count: int, rng: np.random.Generator, seen: set[bytes]) -> list[Environment]:
@@ -293,11 +333,25 @@ def write_jsonl(path: str | Path, splits: Mapping[str, Sequence[Environment]]) -
 
 
 def read_jsonl(path: str | Path) -> dict[str, list[Environment]]:
-    """Read environments written by :func:`write_jsonl`, grouped by split in file order."""
+    """Read environments written by :func:`write_jsonl`, grouped by split in file order.
+
+    Every problem (bytes that are not UTF-8, a line that is not JSON, a record out of range, see
+    :meth:`Environment.from_json`) raises ``ValueError`` naming the file and the line."""
     splits: dict[str, list[Environment]] = {name: [] for name in SPLITS}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                env = Environment.from_json(json.loads(line))
-                splits.setdefault(env.split, []).append(env)
+    number = 0
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    env = Environment.from_json(json.loads(line))
+                    splits[env.split].append(env)
+    except (UnicodeDecodeError, RecursionError, ValueError) as err:  # JSONDecodeError is a ValueError
+        what = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err) or type(err).__name__
+        raise ValueError(
+            f"{path}, line {number + (number == 0)}: {what}; regenerate it with `mosaics regbench data`"
+        ) from None
     return splits
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -39,6 +39,10 @@ __all__ = [
 ]
 
 
+MAX_SEED = 2**32 - 1  # what every generator takes (numpy's legacy seeding included)
+MAX_SEEDS = 10_000  # seeds in one range
+
+
 def seed_list(text: str) -> list[int]:
     """``"3"`` -> [3]; ``"0-4"`` -> [0, 1, 2, 3, 4] (an argparse type)."""
     first, dash, last = text.partition("-")
@@ -46,8 +50,10 @@ def seed_list(text: str) -> list[int]:
         lo, hi = int(first), int(last) if dash else int(first)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a seed or a range A-B of seeds: {text!r}") from None
-    if lo < 0 or hi < lo:
-        raise argparse.ArgumentTypeError(f"seeds must be >= 0 and a range A-B needs A <= B, got {text!r}")
+    if lo < 0 or hi < lo or hi > MAX_SEED or hi - lo >= MAX_SEEDS:
+        raise argparse.ArgumentTypeError(
+            f"seeds must be in [0, {MAX_SEED}]; a range A-B needs A <= B, at most {MAX_SEEDS} seeds; got {text!r}"
+        )
     return list(range(lo, hi + 1))
 
 

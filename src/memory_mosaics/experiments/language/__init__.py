@@ -60,11 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default="configs/cpu-d128.toml", help="training preset (TOML/JSON) shared by all runs"
     )
-    parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--depths", type=int, nargs="+", help="model depths (default: 1 2 4; --quick: 1)")
     parser.add_argument("--v2-depths", type=int, nargs="*", default=[], help="depths at which to add a v2 Mosaic")
     parser.add_argument("--max-steps", type=int, help="override the preset's max_steps")
     parser.add_argument("--lrs", type=float, nargs="+", help="learning rates to sweep per (model, depth)")
-    parser.add_argument("--sweep-steps", type=int, default=1000, help="steps of each learning-rate sweep run")
+    parser.add_argument(
+        "--sweep-steps", type=int, help="steps of each learning-rate sweep run (default: 1000; --quick: 3)"
+    )
     parser.add_argument(
         "--long-context",
         type=int,
@@ -80,14 +82,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="other overrides for every run")
     parser.add_argument("--ood", default="shared:ood/wikipedia.txt", help="out-of-distribution evaluation text")
-    parser.add_argument("--eval-windows", type=int, default=200, help="windows per evaluation corpus (0: all)")
+    parser.add_argument(
+        "--eval-windows", type=int, help="windows per evaluation corpus (0: all; default: 200; --quick: 4)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="training runs at a time (one thread each when > 1)")
+
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    """The defaults of the options not given (``--quick`` has smaller ones); an option given
+    explicitly is never overridden by ``--quick``."""
+    quick = {"depths": [1], "eval_windows": 4, "sweep_steps": 3, "max_steps": 6}
+    full = {"depths": [1, 2, 4], "eval_windows": 200, "sweep_steps": 1000, "max_steps": None}
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def _check(args: argparse.Namespace) -> None:
     check_threads(args.threads)
-    for name in ("jobs", "sweep_steps"):
-        if getattr(args, name) < 1:
+    for name in ("jobs", "sweep_steps", "max_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if any(d < 1 for d in [*args.depths, *args.v2_depths]):
         raise ValueError("--depths and --v2-depths must be >= 1")
@@ -121,10 +135,7 @@ def prepare_data(cfg: TrainConfig, ood: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     start = time.time()
-    if args.quick:
-        args.depths, args.eval_windows = [1], 4
-        args.max_steps = args.max_steps or 6
-        args.sweep_steps = min(args.sweep_steps, 3)
+    _fill_defaults(args)
     _check(args)
     out = Path(args.out)
     apply_threads(args.threads)

@@ -52,7 +52,7 @@ from ...eval.regbench import baselines, generator_stats
 from ..common import add_common_arguments, apply_threads, resolve_device
 from .presets import MODELS, PRESETS
 from .report import plot_figure, published_json, summary_lines
-from .results import Results
+from .results import Results, read_previous
 from .runs import Runner, Splits
 from .settings import Settings, resolve
 
@@ -66,10 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
         choices=("cpu", "paper"),
-        default="cpu",
-        help=f"cpu: N<={max(cpu.num_train)}, {cpu.epochs.steps} steps per run, width-64 models; "
+        help=f"cpu (the default): N<={max(cpu.num_train)}, {cpu.epochs.steps} steps per run, width-64 models; "
         "paper: the paper's protocol (GPU). --seeds, --num-train, --epochs and --num-val "
-        "default to the preset's (default: %(default)s)",
+        "default to the preset's",
     )
     parser.add_argument(
         "--num-train", type=int, nargs="+", metavar="N", help="numbers of training automata (default: the preset's)"
@@ -107,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     device = resolve_device(args.device)
     out = Path(args.out)
+    if args.resume:
+        read_previous(out / "results.json")  # a damaged file is named now, before any work
     out.mkdir(parents=True, exist_ok=True)
     splits = load_splits(settings, device)
     baseline_scores = baselines(splits.test)

@@ -40,6 +40,34 @@ def same_run(record: dict, kind: str, num_train: int, seed: int, hp: dict) -> bo
     return (record["model"], record["num_train"], record["seed"], record["hparams"]) == (kind, num_train, seed, hp)
 
 
+# the entries of a run record that --resume reads, and their types
+_RUN_FIELDS = {"model": str, "num_train": int, "seed": int, "hparams": dict, "epochs": int}
+
+
+def read_previous(path: Path) -> dict[str, Any] | None:
+    """The earlier ``results.json`` at ``path`` for ``--resume`` (None when there is none), checked:
+    a file that is not JSON, or whose ``settings`` or ``runs`` are not what :meth:`Results.save`
+    writes, raises ``ValueError`` naming the file and what is wrong (before any work)."""
+    if not path.is_file():
+        return None
+    hint = "move it away or run without --resume"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {hint}") from None
+    if not isinstance(old, dict) or not isinstance(old.get("settings"), dict) or not isinstance(old.get("runs"), list):
+        raise ValueError(f"{path} is not a RegBench results file (no 'settings' object and 'runs' list); {hint}")
+    for i, run in enumerate(old["runs"]):
+        bad = (
+            [k for k, kind in _RUN_FIELDS.items() if not isinstance(run.get(k), kind) or isinstance(run.get(k), bool)]
+            if isinstance(run, dict)
+            else ["the record itself"]
+        )
+        if bad:
+            raise ValueError(f"{path}: run {i} has no valid {', '.join(bad)}; {hint}")
+    return old
+
+
 class Results:
     """The experiment's record (``data``), saved to ``path`` on :meth:`save`.
 
@@ -55,10 +83,10 @@ class Results:
         """A new record; with ``resume``, the runs of ``path`` (if it exists) when its protocol is
         ``header["settings"]["protocol"]``."""
         previous: list[dict] = []
-        if resume and path.is_file():
-            old = json.loads(path.read_text())
-            if old.get("settings", {}).get("protocol") == header["settings"]["protocol"]:
-                previous = old.get("runs", [])
+        old = read_previous(path) if resume else None
+        if old is not None:
+            if old["settings"].get("protocol") == header["settings"]["protocol"]:
+                previous = old["runs"]
             else:
                 print(f"--resume: {path} was trained under another protocol; training again", flush=True)
         return cls(path, header, previous)

@@ -132,8 +132,10 @@ function languagePage() {
     const r = $("retrieval");
     r.textContent = "";
     r.append(el("h3", { text: `Retrieved from (layer ${state.layer}, ${mem.name}, head ${state.head})` }));
-    r.append(el("div", { class: "hint", text: off ? "a pair at s stores the value of token s+1 (the peek)" :
-      "attention: the value at s is token s" }));
+    const kept = srcs.reduce((a, [, w]) => a + w, 0);
+    r.append(el("div", { class: "hint", text: (off ? "a pair at s stores the value of token s+1 (the peek)" :
+      "attention: the value at s is token s") + `; the ${srcs.length} pairs listed hold ${fmt(100 * kept, 1)}% ` +
+      "of the weight" }));
     if (rows.length) r.append(table([["pos", "num"], ["token"], ["stores"], ["weight", "num"], [""]], rows));
     else r.append(el("div", { class: "hint", text: "no stored pair is readable from this position" }));
 
