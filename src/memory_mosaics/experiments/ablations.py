@@ -57,9 +57,9 @@ def jobs(args: argparse.Namespace) -> list[dict]:
     names = ["reference"] + [a for a in args.ablations if a != "reference"]
     return [
         {"probe": probe, "ablation": name, "kind": "mosaic", "overrides": ABLATIONS[name][2], "seed": seed}
+        for seed in seeds(args)  # seeds outermost: an interrupted study has every cell with fewer seeds
         for probe in args.probes
         for name in names
-        for seed in seeds(args)
     ]
 
 

@@ -56,6 +56,13 @@ def base_hparams(probe: str, kind: str, quick: bool) -> dict[str, float]:
 
 def jobs(args: argparse.Namespace) -> list[dict]:
     out = []
+    for seed in seeds(args):  # seeds outermost: an interrupted study has every point with fewer seeds
+        out += _points(args, seed)
+    return out
+
+
+def _points(args: argparse.Namespace, seed: int) -> list[dict]:
+    out = []
     for probe in args.probes:
         for kind in args.models:
             base = base_hparams(probe, kind, args.quick)
@@ -65,11 +72,10 @@ def jobs(args: argparse.Namespace) -> list[dict]:
                 overrides = {**base, name: value}
                 if probe == "language":  # the config's schedule ends at min_lr: keep it below every peak
                     overrides["min_lr"] = min(1e-4, overrides["lr"] / 10)
-                for seed in seeds(args):
-                    out.append(
-                        {"probe": probe, "model": kind, "kind": kind, "sweep": name, "value": value}
-                        | {"overrides": overrides, "seed": seed}
-                    )
+                out.append(
+                    {"probe": probe, "model": kind, "kind": kind, "sweep": name, "value": value}
+                    | {"overrides": overrides, "seed": seed}
+                )
     return out
 
 
