@@ -92,7 +92,7 @@ def language_data(args: argparse.Namespace) -> dict:
     vocab = {i: tokenizer.decode([i]) for i in listed}
     tokens = [tokenizer.decode([i]) for i in ids]
     kind = model.config.model_type
-    data = language_dict(ins, tokens, vocab, title=f"{kind} {ckpt}")
+    data = language_dict(ins, tokens, vocab, title=f"{kind} {args.checkpoint}")
     data["subtitle"] = (
         f"{config.n_layer} layers, {config.n_head} heads, d {config.n_embd}; "
         f"{len(ids)} tokens, mean loss {data['mean_loss']}"
