@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100  # label of every position that is not a query (cross-entropy's ignore_index)
+from ..models.base import IGNORE_INDEX  # label of every position that is not a query
+
 _CHUNK = 1024  # examples drawn at a time (bounds the (chunk, V/2) buffer of the key draws)
 
 

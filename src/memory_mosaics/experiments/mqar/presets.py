@@ -117,10 +117,12 @@ PRESETS: dict[str, Preset] = {
 # fmt: on
 
 
-def single_setting(seq_len: int, num_pairs: int, num_train: int, num_test: int, lr: float, **fields) -> TrainSpec:
+def single_setting(
+    seq_len: int, num_pairs: int, num_train: int, num_test: int, lr: float, vocab_size: int = VOCAB, **fields
+) -> TrainSpec:
     """A :class:`TrainSpec` that trains and tests on one setting (e.g. the ablations' hard setting
     L = 256, P = 64): one epoch over ``num_train`` examples, batches of 32, 20 warm-up steps;
     ``fields`` override any other field."""
-    setting = MQARSetting(seq_len, num_pairs, VOCAB)
+    setting = MQARSetting(seq_len, num_pairs, vocab_size)
     base = dict(train=((setting, num_train),), test=(setting,), num_test=num_test, epochs=1, batch_size=32, lr=lr)
     return TrainSpec(**{**base, "warmup": 20, **fields})
