@@ -200,3 +200,17 @@ def test_copy_score_counts_top_sources_that_store_the_prediction():
     attention = MemoryInspection("attn", "attention", r, token_offset=0)
     assert attention.copy_score(ids, predicted).tolist() == [0.0, 0.25]
     assert MemoryInspection("pmem", "persistent", r).copy_score(ids, predicted).isnan().all()
+
+
+@torch.no_grad()
+def test_chunked_computation_changes_nothing():
+    model = MODELS["mosaic-v1"]().eval()
+    idx = torch.randint(0, V, (T,))
+    one, chunked = inspect(model, idx, top_k=6, chunk=256), inspect(model, idx, top_k=6, chunk=5)
+    torch.testing.assert_close(chunked.loss, one.loss)
+    for a, b in zip(one.layers, chunked.layers):
+        assert torch.equal(a.lens_ids, b.lens_ids)
+        torch.testing.assert_close(b.lens_probs, a.lens_probs)
+        for ma, mb in zip(a.memories, b.memories):
+            assert torch.equal(ma.retrieval.sources, mb.retrieval.sources)
+            torch.testing.assert_close(mb.retrieval.weights, ma.retrieval.weights)

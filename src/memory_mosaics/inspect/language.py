@@ -79,15 +79,21 @@ def _branch_memories(module: nn.Module, name: str, h: Tensor, top_k: int, chunk:
     return []
 
 
-def _lens(logits: Tensor, ids: Tensor, lens_k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """logits (T, V) -> top ids (T, n), their probabilities, log p(ids[t + 1]) (T - 1,).
+def _lens(model: nn.Module, x: Tensor, ids: Tensor, lens_k: int, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Logit lens of the stream x (T, d): top ids (T, n), their probabilities, log p(ids[t + 1]) (T - 1,).
 
-    log p = logits - logsumexp(logits): only the kept entries are normalised (no (T, V) log-softmax)."""
-    logits = logits.float()
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (T, 1)
-    top_logits, top_ids = torch.topk(logits, min(lens_k, logits.shape[-1]), dim=-1)
-    target = logits[:-1].gather(-1, ids[1:, None]) - lse[:-1]
-    return top_ids, (top_logits - lse).exp(), target[:, 0]
+    log p = logits - logsumexp(logits), computed for ``chunk`` positions at a time: no (T, V) tensor
+    (V = 50k and T = 2,000 would be 400 MB per layer)."""
+    top_ids, top_p, target = [], [], []
+    for start in range(0, x.shape[0], chunk):
+        logits = model._logits(x[start : start + chunk]).float()  # (C, V)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        top_logits, ids_c = torch.topk(logits, min(lens_k, logits.shape[-1]), dim=-1)
+        top_ids.append(ids_c)
+        top_p.append((top_logits - lse).exp())
+        nxt = ids[start + 1 : start + 1 + logits.shape[0]]  # the next token of each position that has one
+        target.append(logits[: nxt.shape[0]].gather(-1, nxt[:, None])[:, 0] - lse[: nxt.shape[0], 0])
+    return torch.cat(top_ids), torch.cat(top_p), torch.cat(target)
 
 
 @torch.no_grad()
@@ -95,7 +101,8 @@ def inspect(model: nn.Module, idx: Tensor, top_k: int = 8, lens_k: int = 5, chun
     """Inspect a language model (``MosaicLM`` or ``GPTLM``) on one sequence ``idx`` (T,) or (1, T).
 
     top_k: sources (or P-mem slots) kept per query and head; lens_k: next tokens kept per position
-    and layer; chunk: query rows per weight computation (memory O(chunk x T)).
+    and layer; chunk: query rows per weight computation (memory O(chunk x T)) and positions per
+    logit-lens step (O(chunk x V)).
     """
     idx = idx.reshape(1, -1).long()
     model.check_tokens(idx)
@@ -126,7 +133,7 @@ def inspect(model: nn.Module, idx: Tensor, top_k: int = 8, lens_k: int = 5, chun
                 found += _branch_memories(module, name, h, top_k, chunk)
                 norms[name] = out[0].float().norm(dim=-1)
             norms["stream"] = x[0].float().norm(dim=-1)
-            layers.append(LayerInspection(found, norms, *_lens(model._logits(x[0]), idx[0], lens_k)))
+            layers.append(LayerInspection(found, norms, *_lens(model, x[0], idx[0], lens_k, chunk)))
     finally:
         model.train(was_training)
     last = layers[-1]
