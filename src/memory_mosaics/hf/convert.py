@@ -76,3 +76,8 @@ def is_hf_folder(folder: str | Path) -> bool:
         return False
     config = json.loads(path.read_text(encoding="utf-8"))
     return isinstance(config, dict) and ("transformers_version" in config or "architectures" in config)
+
+
+def load_native(folder: str | Path):
+    """The native model of a package checkpoint or of one of our HF folders."""
+    return load_hf(folder).model if is_hf_folder(folder) else load_pretrained(folder)
