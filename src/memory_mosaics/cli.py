@@ -12,6 +12,8 @@ Errors (one boundary, :func:`main`):
 - Ctrl-C ends with ``mosaics: error: interrupted`` and exit status 130;
 - a closed output pipe (``mosaics generate ... | head``) ends quietly with exit status 141 (128 +
   SIGPIPE, as a process killed by SIGPIPE);
+- a malformed command line (unknown option, bad value) ends with one line naming the command and
+  exit status 2 (:class:`Parser`);
 - any other exception is a bug and prints its traceback.
 
 ``mosaics --debug COMMAND ...`` or the environment variable ``MOSAICS_DEBUG=1`` re-raises every
@@ -46,6 +48,16 @@ _LOAD_ERRORS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors (unknown option, missing or malformed value) are one
+    line ``mosaics: error: ...`` with exit status 2, like every other expected failure."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("mosaics").strip()
+        where = f"{command}: " if command else ""
+        self.exit(USAGE_ERROR, f"mosaics: error: {where}{one_line(message)} (see {self.prog} --help)\n")
+
+
 def add_subcommands(parser: argparse.ArgumentParser, package, dest: str, name_attr: str) -> None:
     """One subcommand per module of ``package`` that defines ``HELP``, ``add_arguments(parser)`` and
     (unless it only groups subcommands) ``run(args)``; its name is the module's ``name_attr``
@@ -62,9 +74,7 @@ def add_subcommands(parser: argparse.ArgumentParser, package, dest: str, name_at
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mosaics", description="Memory Mosaics: train, evaluate, generate, reproduce."
-    )
+    parser = Parser(prog="mosaics", description="Memory Mosaics: train, evaluate, generate, reproduce.")
     parser.add_argument(
         "--debug",
         action="store_true",
