@@ -16,11 +16,13 @@ STORY = (
 )
 
 
-def tiny_checkpoint(directory, n_layer: int = 2):
-    """A randomly initialised Mosaic (d 16) and a 300-id BPE tokenizer saved in ``directory``."""
+def tiny_checkpoint(directory, **config):
+    """A randomly initialised Mosaic (2 layers, 2 heads, d 16; ``config`` overrides) and a 300-id BPE
+    tokenizer saved in ``directory``."""
     tok = train_bpe([STORY] * 4 + ["The cat sat on the mat. The dog ran in the sun."] * 4, 300)
     torch.manual_seed(0)
-    model = MosaicLM(MosaicConfig(vocab_size=tok.vocab_size, n_layer=n_layer, n_head=2, n_embd=16, pmem_size=24))
+    sizes = dict(n_layer=2, n_head=2, n_embd=16, pmem_size=24)
+    model = MosaicLM(MosaicConfig(vocab_size=tok.vocab_size, **{**sizes, **config}))
     model.save_pretrained(directory)
     tok.save(directory)
     return directory

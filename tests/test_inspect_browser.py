@@ -88,6 +88,25 @@ def test_language_page_shows_what_a_token_retrieved(browser, tmp_path):
     assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_v2_page_shows_per_token_parameters_and_no_slots(browser, tmp_path):
+    v2 = dict(key_extractor="gated", bandwidth="adaptive", short_term_window=4, long_term_skip_min=3)
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", persistent="swiglu", **v2)
+    page = tmp_path / "page.html"
+    assert cli.main(["inspect", "--checkpoint", str(ckpt), "--text", STORY, "--out", str(page)]) == 0
+    data = page_data(page.read_text(encoding="utf-8"))
+    open_page(browser, page)
+    memories = [o.text for o in Select(browser.find_element(By.ID, "memory")).options]
+    assert memories == ["short", "long"]
+    assert not browser.find_element(By.ID, "pmem").is_displayed()  # SwiGLU: no slots
+    t = len(data["tokens"]) - 1
+    gate = data["layers"][0]["memories"][0]["per_token"]["gate"][0][t]
+    assert f"gate {gate:.3f}" in browser.find_element(By.CSS_SELECTOR, "#retrieval .per-token").text
+    Select(browser.find_element(By.ID, "memory")).select_by_visible_text("long")
+    long = data["layers"][0]["memories"][1]
+    assert shown_sources(browser)[0] == [s for s in long["src"][0][t * 8 : t * 8 + 8] if s >= 0]
+    assert all(t - s >= 3 for s in shown_sources(browser)[0])  # the long-term memory's lags >= m
+
+
 def test_moons_page_draws_its_maps(browser, tmp_path):
     run = tiny_moons_run(tmp_path / "moons")
     page = tmp_path / "moons.html"

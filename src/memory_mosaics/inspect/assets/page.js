@@ -136,6 +136,9 @@ function languagePage() {
     r.append(el("div", { class: "hint", text: (off ? "a pair at s stores the value of token s+1 (the peek)" :
       "attention: the value at s is token s") + `; the ${srcs.length} pairs listed hold ${fmt(100 * kept, 1)}% ` +
       "of the weight" }));
+    const perToken = Object.entries(mem.per_token || {});  // v2: gate g_t, decay lambda_t, adaptive beta_t
+    if (perToken.length) r.append(el("div", { class: "hint per-token", text: "at this token: " +
+      perToken.map(([name, v]) => `${name} ${fmt(v[state.head][t])}`).join(", ") }));
     if (rows.length) r.append(table([["pos", "num"], ["token"], ["stores"], ["weight", "num"], [""]], rows));
     else r.append(el("div", { class: "hint", text: "no stored pair is readable from this position" }));
 
@@ -145,7 +148,11 @@ function languagePage() {
     const pm = layer.memories.find((m) => m.kind === "persistent");
     p.style.display = pm ? "" : "none";  // v2's SwiGLU and GPT's MLP have no slots
     if (pm && state.head < pm.heads.length) {
+      const ph = pm.heads[state.head];
       p.append(el("h3", { text: `P-mem slots (layer ${state.layer}, head ${state.head})` }));
+      p.append(el("div", { class: "hint", text: `beta ${fmt(ph.beta)}, alpha ${fmt(ph.alpha)}` +
+        (ph.decay !== undefined ? `, decay ${fmt(ph.decay)}` : "") +
+        `; ${fmt(ph.effective_pairs, 1)} slots read effectively (mean over the text)` }));
       p.append(table([["slot", "num"], ["weight", "num"], [""]], sources(pm, state.head, t).map(([s, w]) =>
         el("tr", { "data-slot": s }, cell(String(s), "num"), cell(fmt(w), "num"), cell(bar(w))))));
     }
