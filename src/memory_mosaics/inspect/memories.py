@@ -58,7 +58,7 @@ class MemoryInspection:
         predicts next there (``ids[s + token_offset] == predicted[t]``): induction-like copying.
         ids, predicted (T,); NaN for a P-mem or a head that reads no pair."""
         if self.kind == "persistent":
-            return torch.full((self.n_head,), float("nan"))
+            return torch.full((self.n_head,), float("nan"), device=ids.device)
         s = self.retrieval.sources[:, :, 0]  # (H, T)
         valid = s >= 0
         stored = ids[(s + self.token_offset).clamp(0, ids.shape[0] - 1)]
@@ -103,7 +103,7 @@ def attention(attn: nn.Module, h: Tensor, name: str, top_k: int, chunk: int = 25
     q, k, _ = attn._qkv(h)  # (1, H, T, Dh)
     scale = 1.0 / math.sqrt(q.shape[-1])  # scaled_dot_product_attention's default
     retrieval = sparse_causal_weights(q[0] * scale, k[0], top_k, 0, None, chunk)
-    heads = {"beta": torch.full((q.shape[1],), scale)}
+    heads = {"beta": torch.full((q.shape[1],), scale, device=q.device)}
     return MemoryInspection(name, "attention", retrieval, 0, None, 0, heads, {})
 
 
@@ -113,8 +113,8 @@ def persistent(pmem: PersistentMemory, h: Tensor, name: str, top_k: int) -> Memo
     w = pmem.retrieval_weights(h)[0]  # (H, T, N)
     slots, weights, entropy = sparse_rows(w, top_k)
     H, T, N = w.shape
-    retrieval = SparseWeights(slots, weights, entropy, torch.zeros(H, T), torch.full((T,), N))
+    retrieval = SparseWeights(slots, weights, entropy, w.new_zeros(H, T), torch.full((T,), N, device=w.device))
     heads, per_token = _key_parameters(pmem.key, h)
-    heads["beta"] = pmem.bandwidth(torch.ones(1)).float().reshape(-1).expand(H)
+    heads["beta"] = pmem.bandwidth(torch.ones(1, device=h.device)).float().reshape(-1).expand(H)
     heads["alpha"] = (EXP_SCALE * pmem.theta).exp().float()
     return MemoryInspection(name, "persistent", retrieval, None, None, 0, heads, per_token)
