@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.config import CONFIG_FILE
     from ..training.distributed import resolve_device
     from ..training.trainer import amp_dtype
-    from ._checks import check_saved_model, load_checkpoint_tokenizer
+    from ._checks import check_forward_fits, check_saved_model, load_checkpoint_tokenizer
 
     check_options(args)
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -92,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("no training config in the checkpoint: pass --context N")
     if context > getattr(model.config, "block_size", context):
         raise ValueError(f"--context {context} exceeds the model's block_size {model.config.block_size}")
+    check_forward_fits(
+        model.config,
+        args.batch_size * context,
+        args.batch_size * context,
+        f"a batch of {args.batch_size} windows of {context} tokens",
+        "use a smaller --batch-size or --context",
+    )
     device = resolve_device(args.device)
     model.to(device)
     corpus = open_corpus(

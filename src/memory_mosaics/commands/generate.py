@@ -9,7 +9,9 @@ stops at the next end-of-text token or after ``--max-new-tokens``.
 Options are checked before the model is loaded: ``--temperature`` is 0 (greedy) or a finite number
 >= ``MIN_TEMPERATURE`` (1e-3; below it sampling is greedy in effect and the scaled logits overflow),
 ``--top-k`` >= 1, ``--seed`` in [0, 2**63 - 1]. A prompt (from ``--prompt`` or stdin) must be UTF-8
-text: other bytes are an error, never silently replaced.
+text: other bytes are an error, never silently replaced. A prompt longer than ``--max-prompt-tokens``
+(default 100,000), or whose forward pass would not fit in memory (estimated from the model's sizes), is
+refused with the estimate; one longer than 4,096 tokens is announced on stderr with the time it took.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 
 HELP = "generate text from a checkpoint (prompt from --prompt or stdin), streamed to stdout"
 MIN_TEMPERATURE = 1e-3  # smallest non-zero --temperature; 0 means greedy
 MAX_SEED = 2**63 - 1
+DEFAULT_MAX_PROMPT_TOKENS = 100_000
+PROGRESS_TOKENS = 4096  # a longer prompt is announced on stderr, and the time it took to read
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: random)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-echo", action="store_true", help="print the continuation only, not the prompt")
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=DEFAULT_MAX_PROMPT_TOKENS,
+        help="refuse a longer prompt (default %(default)s; a Mosaic reads a prompt in time O(T^2))",
+    )
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -45,6 +56,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got {t!r}")
     if args.top_k is not None and args.top_k <= 0:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.max_prompt_tokens < 1:
+        raise ValueError(f"--max-prompt-tokens must be >= 1, got {args.max_prompt_tokens}")
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         raise ValueError(f"--seed must be in [0, 2**63 - 1], got {args.seed}")
     if args.prompt is not None:
@@ -76,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_pretrained
     from ..training.checkpoint import resolve_checkpoint
     from ..training.distributed import resolve_device
-    from ._checks import check_saved_model, load_checkpoint_tokenizer
+    from ._checks import check_forward_fits, check_saved_model, load_checkpoint_tokenizer
 
     check_options(args)
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -93,6 +106,17 @@ def run(args: argparse.Namespace) -> int:
         if args.max_new_tokens >= block:
             raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be below the model's block_size {block}")
         ids = ids[-(block - args.max_new_tokens) :]
+    if len(ids) > args.max_prompt_tokens:
+        raise ValueError(
+            f"the prompt has {len(ids):,} tokens, more than --max-prompt-tokens {args.max_prompt_tokens:,}; "
+            "shorten it or raise the limit"
+        )
+    check_forward_fits(
+        model.config, len(ids) + args.max_new_tokens, 1, "the prompt", "shorten it or use a machine with more memory"
+    )
+    if len(ids) > PROGRESS_TOKENS:
+        print(f"mosaics: reading a prompt of {len(ids):,} tokens ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
     generator = None
     if args.seed is not None:
         generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -102,14 +126,18 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
     new: list[int] = []
     shown = 0
-    for token in model.iter_generate(
-        torch.tensor([ids], device=device),
-        args.max_new_tokens,
-        args.temperature,
-        args.top_k,
-        eos_token=tokenizer.eot_id,
-        generator=generator,
+    for i, token in enumerate(
+        model.iter_generate(
+            torch.tensor([ids], device=device),
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            eos_token=tokenizer.eot_id,
+            generator=generator,
+        )
     ):
+        if i == 0 and len(ids) > PROGRESS_TOKENS:
+            print(f"mosaics: prompt read in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
         t = int(token[0, 0])
         if t == tokenizer.eot_id:
             break
