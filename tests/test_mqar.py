@@ -104,12 +104,15 @@ def test_batches_never_mix_settings_and_cover_every_example():
 
 
 def test_mosaic_learns_recall_quickly():
-    """One short single-setting run: the v1 Mosaic recalls far above chance (1 / 64 values)."""
-    spec = single_setting(
-        64, 8, num_train=1024, num_test=64, lr=3e-3, vocab_size=128, batch_size=16, warmup=5, epochs=2
-    )
-    record = train_one(model_spec("mosaic", 32), spec, seed=0)
-    assert record["accuracy"] > 0.5, record["by_setting"]
+    """64 steps on one small setting: the v1 Mosaic recalls far above chance (1 / 32 values; 0.93 seen)."""
+    spec = single_setting(32, 4, num_train=512, num_test=64, lr=3e-3, vocab_size=64, batch_size=16, warmup=5, epochs=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: more threads only contend on a shared machine
+    try:
+        record = train_one(model_spec("mosaic", 32), spec, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert record["steps"] == 64 and record["accuracy"] > 0.5, record["by_setting"]
 
 
 def test_reproduce_quick_end_to_end(tmp_path, capsys):
