@@ -340,16 +340,15 @@ def read_jsonl(path: str | Path) -> dict[str, list[Environment]]:
     splits: dict[str, list[Environment]] = {name: [] for name in SPLITS}
     number = 0
     try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
+        with open(path, "rb") as handle:  # decoded line by line, so that an error names its line
+            for number, raw in enumerate(handle, 1):
+                line = raw.decode("utf-8")
                 if line.strip():
                     env = Environment.from_json(json.loads(line))
                     splits[env.split].append(env)
     except (UnicodeDecodeError, RecursionError, ValueError) as err:  # JSONDecodeError is a ValueError
         what = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err) or type(err).__name__
-        raise ValueError(
-            f"{path}, line {number + (number == 0)}: {what}; regenerate it with `mosaics regbench data`"
-        ) from None
+        raise ValueError(f"{path}, line {number}: {what}; regenerate it with `mosaics regbench data`") from None
     return splits
 
 

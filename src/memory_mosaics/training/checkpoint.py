@@ -20,7 +20,8 @@ at any moment leaves ``last`` pointing at a complete checkpoint; temporaries of 
 when the next training takes the folder (:func:`sweep_temporaries`, only this module's own names).
 
 No data loss: a save deletes only checkpoints that the manifest says this run wrote and that the
-retention policy retires (all but ``last`` and ``best``); a folder of any other name, or one this run
+retention policy retires (all but ``last`` and ``best``; renamed to a temporary name before it is deleted,
+so a kill never leaves a partial folder under a checkpoint name); a folder of any other name, or one this run
 did not write (a user's ``ckpt-my-finetune``, another run's ``ckpt-00000099``), is never touched. A
 ``last``/``best`` that is not a link (a run folder copied with ``cp -L``) is moved aside to
 ``last.replaced-<timestamp>``, never deleted.
@@ -190,7 +191,7 @@ def save_checkpoint(
             manifest["checkpoints"].append(name)
             _write_manifest(run_dir, manifest)
         if os.path.lexists(final):  # ours, from a save killed before it was linked
-            shutil.rmtree(final)
+            _discard(run_dir, name)
         os.rename(tmp, final)
     for link in links:
         _point(run_dir / link, name)
@@ -200,8 +201,20 @@ def save_checkpoint(
     manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c in keep]
     _write_manifest(run_dir, manifest)
     for old in retired:
-        shutil.rmtree(run_dir / old, ignore_errors=True)
+        _discard(run_dir, old)
     return final
+
+
+def _discard(run_dir: Path, name: str) -> None:
+    """Delete the checkpoint folder ``name``: first renamed to a temporary name (atomic), so that a
+    kill during the deletion never leaves a partial folder under a checkpoint's name (the
+    temporary is swept at the next start)."""
+    if not os.path.lexists(run_dir / name):
+        return
+    doomed = run_dir / f"{_TMP_PREFIX}retired-{name}.{os.getpid()}"
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.rename(run_dir / name, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _point(link: Path, target: str) -> None:
