@@ -94,7 +94,7 @@ def plot(rows: list[dict], path: Path) -> bool:
     if plt is None:
         return False
     probes = [p for p in PROBE_METRICS if any(r["probe"] == p for r in rows)]
-    fig, axes = plt.subplots(1, len(probes), figsize=(5 * len(probes), 5), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(probes), figsize=(5 * len(probes), 5), sharex=True, sharey=True, squeeze=False)
     for ax, probe in zip(axes[0], probes):
         mine = [r for r in rows if r["probe"] == probe and r["n"]]
         ref = next((r for r in mine if r["ablation"] == "reference"), None)
