@@ -67,6 +67,33 @@ def _rows(tested: list[str]) -> list[list[str]]:
     return [row for row in rows + [rest] if row]
 
 
+def _panel(ax, summary: dict, name: str) -> None:
+    """One setting: our models (mean over seeds, bars min..max) and the published curves, if any."""
+    ticks = set()
+    for model in MODELS:
+        per_width = summary.get(model, {})
+        widths = [int(w) for w, r in per_width.items() if name in r]
+        if widths:
+            cells = [per_width[str(w)][name] for w in widths]
+            mean = [c["mean"] for c in cells]
+            err = [[m - c["min"] for m, c in zip(mean, cells)], [c["max"] - m for m, c in zip(mean, cells)]]
+            ax.errorbar(widths, mean, yerr=err, marker="o", capsize=3, color=COLOURS[model], label=MODEL_LABELS[model])
+            ticks.update(widths)
+    for other, table in PUBLISHED.items():
+        if name in table:
+            style = dict(marker="s", mfc="none", alpha=0.6, color=PUBLISHED_STYLE[other])
+            ax.plot(PUBLISHED_WIDTHS, table[name], "--", label=f"{other} (Zoology fig. 2)", **style)
+            ticks.update(PUBLISHED_WIDTHS)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
+    ax.minorticks_off()
+    L, P = name[1:].split("-kv")
+    ax.set_title(f"sequence length {L}, {P} pairs", fontsize=9)
+    ax.set_xlabel("model width d")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+
+
 def plot_figure(results: dict, path: str | Path) -> bool:
     """Two rows of panels, one per sequence length: the issue's settings (P = L / 4) and Zoology's
     figure-2 settings with the published curves (dashed). Our runs: mean over seeds, bars min..max.
@@ -83,34 +110,7 @@ def plot_figure(results: dict, path: str | Path) -> bool:
         for ax in row[len(names) :]:
             ax.set_visible(False)
         for ax, name in zip(row, names):
-            for model in MODELS:
-                per_width = results.get("summary", {}).get(model, {})
-                widths = [int(w) for w, r in per_width.items() if name in r]
-                if widths:
-                    cells = [per_width[str(w)][name] for w in widths]
-                    mean = [c["mean"] for c in cells]
-                    err = [[m - c["min"] for m, c in zip(mean, cells)], [c["max"] - m for m, c in zip(mean, cells)]]
-                    ax.errorbar(
-                        widths, mean, yerr=err, marker="o", capsize=3, color=COLOURS[model], label=MODEL_LABELS[model]
-                    )
-            for other, table in PUBLISHED.items():
-                if name in table:
-                    ax.plot(
-                        PUBLISHED_WIDTHS,
-                        table[name],
-                        "--",
-                        marker="s",
-                        mfc="none",
-                        alpha=0.6,
-                        color=PUBLISHED_STYLE[other],
-                        label=f"{other} (Zoology fig. 2)",
-                    )
-            ax.set_xscale("log", base=2)
-            L, P = name[1:].split("-kv")
-            ax.set_title(f"sequence length {L}, {P} pairs", fontsize=9)
-            ax.set_xlabel("model width d")
-            ax.set_ylim(-0.03, 1.03)
-            ax.grid(alpha=0.3)
+            _panel(ax, results.get("summary", {}), name)
         row[0].set_ylabel("MQAR accuracy")
     handles = {}
     for ax in axes.flat:
