@@ -13,6 +13,9 @@ Two implementations with the same signature:
   ``C x C`` decay matrix (a matmul), and it carries the state across chunks by applying the same
   function, recursively, to the chunk-final states with the chunk-level decays. Memory is
   O(T * C), never T x T.
+* :func:`leaky_average_matrix` multiplies by the full (T x T) decay matrix: no branch or reshape
+  depends on T, so ``torch.export`` records one graph for every length >= 1 (:func:`leaky_average`
+  uses it while exporting). Memory O(T^2).
 
 Shapes: ``x`` (B, H, T, D); ``log_decay`` broadcastable to (B, H, T) (e.g. (1, H, 1) for a per-head
 constant); ``state`` (B, H, D) or None. Both return ``kbar`` (B, H, T, D); the last time step
@@ -92,6 +95,28 @@ def leaky_average_chunked(
     return y.reshape(B, H, N * C, D)[:, :, :T]
 
 
+def leaky_average_matrix(x: Tensor, log_decay: Tensor, state: Tensor | None = None) -> Tensor:
+    """Exact leaky average as one (T x T) matrix product, with no branch on T (for ``torch.export``).
+
+    ``kbar = L x + exp(cum) state`` with ``L[t, s] = exp(cum_t - cum_s)`` for s < t (the product of
+    the decays lambda_{s+1..t}), 1 for s = t, 0 above; ``cum_t = sum_{l<=t} log lambda_l`` in float64
+    so that differences of long sums stay exact. Memory O(T^2) per (batch, head), like the
+    (T, T) retrieval it feeds in an exported model.
+    """
+    T = x.shape[2]
+    cum = _broadcast_decay(x, log_decay).double().cumsum(-1)  # (B, H, T)
+    t = torch.arange(T, device=x.device)
+    diff = (cum[..., :, None] - cum[..., None, :]).clamp(max=0.0)  # (B, H, T, T)
+    L = torch.where(t[:, None] > t[None, :], diff.exp(), (t[:, None] == t[None, :]).double()).to(x.dtype)
+    kbar = torch.matmul(L, x)
+    if state is not None:
+        kbar = kbar + cum.exp().to(x.dtype)[..., None] * state[:, :, None]
+    return kbar
+
+
 def leaky_average(x: Tensor, log_decay: Tensor, state: Tensor | None = None) -> Tensor:
-    """The leaky average used by the layers (the fast, exact implementation)."""
+    """The leaky average used by the layers (the fast, exact implementation; its branch-free
+    matrix form while ``torch.export`` traces, so that the sequence length stays symbolic)."""
+    if torch.compiler.is_exporting():
+        return leaky_average_matrix(x, log_decay, state)
     return leaky_average_chunked(x, log_decay, state)

@@ -18,7 +18,9 @@ Shapes: ``q``, ``k`` (B, H, T, Dk); ``v`` (B, H, T, Dv); returns (B, H, T, Dv).
   ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels) applies;
   the first ``min_lag`` outputs are zero. A finite ``max_lag`` adds a band mask. On the CPU in
   float32 with head sizes <= 8 and no dropout it calls the compiled kernel of :mod:`.small_head`
-  instead (same function, faster there: ``docs/benchmarks.md``).
+  instead (same function, faster there: ``docs/benchmarks.md``). While ``torch.export`` traces, the
+  SDPA path uses the full (T, T) mask of allowed pairs instead of the shift, so that no branch
+  depends on the (symbolic) sequence length.
 """
 
 from __future__ import annotations
@@ -37,14 +39,19 @@ def _check_lags(min_lag: int, max_lag: int | None) -> None:
         raise ValueError(f"max_lag ({max_lag}) must be >= min_lag ({min_lag})")
 
 
+def _allowed(T: int, min_lag: int, max_lag: int | None, device: torch.device) -> Tensor:
+    """(T, T) boolean: query t may read pair s iff min_lag <= t - s <= max_lag."""
+    lag = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]
+    allowed = lag >= min_lag
+    if max_lag is not None:
+        allowed = allowed & (lag <= max_lag)  # not in place: decompositions must be functional
+    return allowed
+
+
 def causal_retrieval_weights(q: Tensor, k: Tensor, min_lag: int = 1, max_lag: int | None = None) -> Tensor:
     """Retrieval weights (B, H, T, T): row t is softmax_s(q_t . k_s) over the allowed s (0 if none)."""
     _check_lags(min_lag, max_lag)
-    T = q.shape[2]
-    lag = torch.arange(T, device=q.device)[:, None] - torch.arange(T, device=q.device)[None, :]
-    allowed = lag >= min_lag
-    if max_lag is not None:
-        allowed &= lag <= max_lag
+    allowed = _allowed(q.shape[2], min_lag, max_lag, q.device)
     scores = (q @ k.transpose(-1, -2)).masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no pair -> 0
 
@@ -66,6 +73,8 @@ def causal_retrieval(
     _check_lags(min_lag, max_lag)
     if dropout_p == 0.0 and small_head.supports(q, k, v):
         return small_head.small_head_retrieval(q, k, v, min_lag, max_lag)
+    if torch.compiler.is_exporting():
+        return _masked_retrieval(q, k, v, min_lag, max_lag)
     B, H, T, _ = q.shape
     if T <= min_lag:
         return v.new_zeros(B, H, T, v.shape[-1])
@@ -79,6 +88,13 @@ def causal_retrieval(
         band = (d >= 0) & (d <= max_lag - min_lag)
         out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=band, dropout_p=dropout_p, scale=1.0)
     return F.pad(out, (0, 0, min_lag, 0))  # the first min_lag queries see no pair: output 0
+
+
+def _masked_retrieval(q: Tensor, k: Tensor, v: Tensor, min_lag: int, max_lag: int | None) -> Tensor:
+    """Equation 2 by SDPA over the full (T, T) mask of allowed pairs: no branch on T (export)."""
+    allowed = _allowed(q.shape[2], min_lag, max_lag, q.device)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=1.0)
+    return torch.where(allowed.any(-1)[:, None], out, 0.0)  # a query with no pair outputs 0
 
 
 def memory_readout(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:

@@ -7,11 +7,16 @@ vectorises over 16 queries (or 16 pairs) instead of over the head dimension (spe
 It computes the function of :func:`.retrieval.causal_retrieval_reference` (tests compare values and
 gradients).
 
-The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
-``$MEMORY_MOSAICS_CACHE`` (default ``~/.cache/memory_mosaics``), keyed by the source, the flags and
-the CPU, in about a second. Without a compiler, or with ``MEMORY_MOSAICS_NATIVE=0``,
-:func:`available` is False and :func:`.retrieval.causal_retrieval` keeps using
-``scaled_dot_product_attention``.
+The C file is compiled on first use and cached by :mod:`.native` (hash-verified before every load;
+``MEMORY_MOSAICS_NATIVE=0`` disables it). Without it :func:`available` is False and
+:func:`.retrieval.causal_retrieval` keeps using ``scaled_dot_product_attention``.
+
+The kernel is registered as two ``torch.library`` custom ops, ``memory_mosaics::small_head_forward``
+and ``memory_mosaics::small_head_backward``, each with a fake (shape-only) implementation, and the
+forward with its autograd formula (the backward op): ``torch.compile(fullgraph=True)`` traces
+through them without a graph break and ``torch.export`` records them as single nodes (with a
+symbolic sequence length). They take and return the ordinary (B, H, T, D) layout and convert to
+the C file's "planar" one inside.
 
 Threads: the kernel runs ``torch.get_num_threads()`` Python threads (ctypes releases the GIL), each
 calling the library on an interleaved share of the (batch x head, 16-row block) tasks.
@@ -20,12 +25,6 @@ calling the library on an interleaved share of the (batch x head, 16-row block) 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -34,80 +33,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..io import atomic_write
+from . import native
 
 SOURCE = Path(__file__).with_name("csrc") / "small_head_retrieval.c"
 MAX_HEAD_SIZE = 8  # MAXD in the C file
 LANES = 16  # L in the C file: rows are padded to a multiple of it
-FLAG_SETS = (  # tried in order; the first that compiles is used
-    ("-O3", "-march=native"),
-    ("-O3",),
-)
 
 
-def _cpu_id() -> str:
-    """What -march=native depends on: the machine and, on Linux, the CPU's model and flags."""
-    ident = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags", "Features")):
-                ident += line
-    except OSError:
-        pass
-    return ident
-
-
-class _CompileError(RuntimeError):
-    """One compiler invocation failed (the next flag set is tried)."""
-
-
-def _compile(cache: Path) -> Path:
-    """Compile SOURCE into a shared library under ``cache`` (atomically); return its path."""
-    compiler = os.environ.get("CC") or "cc"
-    if shutil.which(compiler) is None:
-        raise RuntimeError(f"no C compiler ({compiler!r} not found)")
-    source = SOURCE.read_bytes()
-    errors = []
-    for flags in FLAG_SETS:
-        key = hashlib.sha256(source + " ".join((compiler,) + flags).encode() + _cpu_id().encode()).hexdigest()[:16]
-        target = cache / f"small_head_retrieval-{key}.so"
-        if target.exists():
-            return target
-        cache.mkdir(parents=True, exist_ok=True)
-
-        def compile_into(tmp: str, flags=flags) -> None:
-            cmd = [compiler, *flags, "-fPIC", "-shared", "-o", tmp, str(SOURCE), "-lm"]
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if result.returncode:
-                raise _CompileError(f"{' '.join(cmd)}: {result.stderr.strip()[-300:]}")
-
-        try:
-            atomic_write(target, compile_into)
-            return target
-        except _CompileError as err:
-            errors.append(str(err))
-    raise RuntimeError("; ".join(errors))
-
-
-@lru_cache(maxsize=1)
-def _library() -> ctypes.CDLL | None:
-    if os.environ.get("MEMORY_MOSAICS_NATIVE", "1") == "0":
-        return None
-    cache = Path(os.environ.get("MEMORY_MOSAICS_CACHE") or Path.home() / ".cache" / "memory_mosaics")
-    try:
-        lib = ctypes.CDLL(str(_compile(cache)))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        warnings.warn(f"small-head retrieval kernel unavailable, using scaled_dot_product_attention ({err})")
-        return None
+def _configure(lib: ctypes.CDLL) -> None:
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     lib.retrieval_forward.argtypes = [ptr] * 5 + [i32] * 9
     lib.retrieval_backward_q.argtypes = [ptr] * 7 + [i32] * 9
     lib.retrieval_backward_kv.argtypes = [ptr] * 8 + [i32] * 9
-    return lib
 
 
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    return native.load(SOURCE, _configure)
+
+
+@torch.compiler.assume_constant_result
 def available() -> bool:
-    """True when the compiled kernel is loaded (compiling it on first call)."""
+    """True when the compiled kernel is loaded (compiling it on first call). A constant for
+    ``torch.compile`` and ``torch.export``: decided once, outside the traced graph."""
     return _library() is not None
 
 
@@ -150,33 +98,68 @@ def _unplanar(x: Tensor, B: int, T: int) -> Tensor:
     return x[:, :, :T].transpose(1, 2).reshape(B, N // B, T, D)
 
 
-class _SmallHeadRetrieval(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, min_lag: int, max_lag: int) -> Tensor:
-        lib = _library()
-        B, H, T, D = q.shape
-        Tp = -(-T // LANES) * LANES
-        qp, kp, vp = _planar(q, Tp), _planar(k, Tp), _planar(v, Tp)
-        N, Dv = B * H, v.shape[-1]
-        out = q.new_empty(N, Dv, Tp)
-        lse = q.new_empty(N, Tp)
-        sizes = (N, T, Tp, D, Dv, min_lag, max_lag)
-        _run(lib.retrieval_forward, [qp, kp, vp, out, lse], sizes)
-        ctx.save_for_backward(qp, kp, vp, out, lse)
-        ctx.sizes, ctx.B = sizes, B
-        return _unplanar(out, B, T)
+def _call(fn, tensors: list[Tensor], outputs: list[Tensor], T: int, min_lag: int, max_lag: int) -> None:
+    """Run one kernel: ``tensors`` (B, H, T, *) are padded to the planar layout, ``outputs`` planar."""
+    N, D, Tp = tensors[0].shape
+    _run(fn, tensors + outputs, (N, T, Tp, D, tensors[2].shape[1], min_lag, max_lag))
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        lib = _library()
-        qp, kp, vp, out, lse = ctx.saved_tensors
-        N, T, Tp = ctx.sizes[:3]
-        gp = _planar(grad, Tp)
-        delta = (gp * out).sum(dim=1).contiguous()  # (N, Tp): dout_t . out_t
-        dq, dk, dv = torch.empty_like(qp), torch.empty_like(kp), torch.empty_like(vp)
-        _run(lib.retrieval_backward_q, [qp, kp, vp, gp, lse, delta, dq], ctx.sizes)
-        _run(lib.retrieval_backward_kv, [qp, kp, vp, gp, lse, delta, dk, dv], ctx.sizes)
-        return _unplanar(dq, ctx.B, T), _unplanar(dk, ctx.B, T), _unplanar(dv, ctx.B, T), None, None
+
+@torch.library.custom_op("memory_mosaics::small_head_forward", mutates_args=(), device_types="cpu")
+def small_head_forward(q: Tensor, k: Tensor, v: Tensor, min_lag: int, max_lag: int) -> tuple[Tensor, Tensor]:
+    """Equation 2 for q, k (B, H, T, D), v (B, H, T, Dv) -> out (B, H, T, Dv), lse (B, H, T).
+
+    out[:, :, t] = sum_{s : min_lag <= t - s <= max_lag} softmax_s(q_t . k_s) v_s (max_lag < 0: no
+    bound; 0 where no pair); lse the log-sum-exp of the scores, kept for the backward."""
+    B, H, T, _ = q.shape
+    Tp = -(-T // LANES) * LANES
+    qp, kp, vp = _planar(q, Tp), _planar(k, Tp), _planar(v, Tp)
+    out, lse = q.new_empty(B * H, v.shape[-1], Tp), q.new_empty(B * H, Tp)
+    _call(_library().retrieval_forward, [qp, kp, vp], [out, lse], T, min_lag, max_lag)
+    return _unplanar(out, B, T).contiguous(), lse[:, :T].reshape(B, H, T).contiguous()
+
+
+@small_head_forward.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, min_lag: int, max_lag: int) -> tuple[Tensor, Tensor]:
+    return q.new_empty(*q.shape[:-1], v.shape[-1]), q.new_empty(q.shape[:-1])
+
+
+@torch.library.custom_op("memory_mosaics::small_head_backward", mutates_args=(), device_types="cpu")
+def small_head_backward(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad: Tensor, min_lag: int, max_lag: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv), shaped like (q, k, v), of sum(grad * out) (out, grad (B, H, T, Dv))."""
+    B, H, T, _ = q.shape
+    Tp = -(-T // LANES) * LANES
+    qp, kp, vp, gp = _planar(q, Tp), _planar(k, Tp), _planar(v, Tp), _planar(grad, Tp)
+    lsep = F.pad(lse.reshape(B * H, T), (0, Tp - T)).contiguous()
+    delta = (gp * _planar(out, Tp)).sum(dim=1).contiguous()  # (B * H, Tp): dout_t . out_t
+    dq, dk, dv = torch.empty_like(qp), torch.empty_like(kp), torch.empty_like(vp)
+    lib = _library()
+    _call(lib.retrieval_backward_q, [qp, kp, vp, gp, lsep, delta], [dq], T, min_lag, max_lag)
+    _call(lib.retrieval_backward_kv, [qp, kp, vp, gp, lsep, delta], [dk, dv], T, min_lag, max_lag)
+    return tuple(_unplanar(g, B, T).contiguous() for g in (dq, dk, dv))
+
+
+@small_head_backward.register_fake
+def _(q, k, v, out, lse, grad, min_lag, max_lag) -> tuple[Tensor, Tensor, Tensor]:
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, like the kernel's
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, min_lag, max_lag = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.lags = (min_lag, max_lag)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad: Tensor, _grad_lse: Tensor | None):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = small_head_backward(q, k, v, out, lse, grad, *ctx.lags)
+    return dq, dk, dv, None, None
+
+
+small_head_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def small_head_retrieval(q: Tensor, k: Tensor, v: Tensor, min_lag: int = 1, max_lag: int | None = None) -> Tensor:
@@ -186,4 +169,22 @@ def small_head_retrieval(q: Tensor, k: Tensor, v: Tensor, min_lag: int = 1, max_
     """
     if not supports(q, k, v):
         raise ValueError("small_head_retrieval needs the compiled kernel and CPU float32 inputs with head sizes <= 8")
-    return _SmallHeadRetrieval.apply(q, k, v, min_lag, -1 if max_lag is None else max_lag)
+    return small_head_forward(q, k, v, min_lag, -1 if max_lag is None else max_lag)[0]
+
+
+def _forward_reference(q: Tensor, k: Tensor, v: Tensor, min_lag: int, max_lag: int) -> tuple[Tensor, Tensor]:
+    """:func:`small_head_forward` in plain torch operations (the literal (T, T) formula)."""
+    from .retrieval import causal_retrieval_reference  # retrieval imports this module
+
+    out = causal_retrieval_reference(q, k, v, min_lag, None if max_lag < 0 else max_lag)
+    return out, q.new_zeros(q.shape[:-1])  # lse only serves the backward
+
+
+def decompositions() -> dict:
+    """``{op: torch implementation}`` for ``ExportedProgram.run_decompositions``: an exported model
+    without the compiled kernel's node, e.g. for ONNX (``docs/install.md``, Export)::
+
+        ep = torch.export.export(model, (idx,), dynamic_shapes={"idx": {1: torch.export.Dim("T", min=1)}})
+        torch.onnx.export(ep.run_decompositions(small_head.decompositions()), dynamo=True).save("model.onnx")
+    """
+    return {torch.ops.memory_mosaics.small_head_forward.default: _forward_reference}
