@@ -82,11 +82,16 @@ def split_text(text: str, separator: str = "eot") -> list[str]:
 
 
 def _read_utf8(path: Path) -> str:
+    """The text of ``path``; bytes that are not UTF-8, or NUL bytes (a binary file, never text), raise
+    ``ValueError`` with the offset."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not valid UTF-8 (byte offset {err.start})") from None
+    if "\x00" in text:
+        raise ValueError(f"{path} holds NUL bytes (byte offset {data.index(0)}): a binary file, not text")
+    return text
 
 
 def _read_jsonl(path: Path, text_field: str) -> list[str]:
@@ -98,6 +103,8 @@ def _read_jsonl(path: Path, text_field: str) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{path}:{lineno}: JSON nested too deeply") from None
         if isinstance(record, dict):
             if text_field not in record:
                 raise ValueError(f"{path}:{lineno}: no field {text_field!r} (use --text-field)")

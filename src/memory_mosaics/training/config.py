@@ -214,6 +214,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: invalid JSON ({err})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: invalid JSON (nested too deeply)") from None
     elif path.suffix == ".toml":
         try:
             import tomllib
@@ -242,7 +244,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ValueError(f"expected KEY=VALUE, got {text!r}")
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         value = raw
     return key.strip(), value
 
