@@ -1,13 +1,18 @@
 """The compiled small-head retrieval kernel against the literal fp64 reference (values, gradients)."""
 
+import hashlib
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from memory_mosaics.ops import causal_retrieval, causal_retrieval_reference, small_head
+from memory_mosaics.ops import causal_retrieval, causal_retrieval_reference, native, small_head
 
 needs_kernel = pytest.mark.skipif(not small_head.available(), reason="no C compiler: small-head kernel not built")
 
@@ -105,3 +110,122 @@ def test_without_compiler_falls_back(tmp_path):
     )
     env = dict(os.environ, CC=str(tmp_path / "no-such-compiler"), MEMORY_MOSAICS_CACHE=str(tmp_path))
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+
+
+# ---------------------------------------------------------------- the kernel cache (ops/native.py)
+
+needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler")
+
+
+def _load(cache, monkeypatch, **env):
+    """native.load of the small-head kernel with the cache folder ``cache``: (library or None, warnings)."""
+    monkeypatch.setenv("MEMORY_MOSAICS_CACHE", str(cache))
+    monkeypatch.delenv("MEMORY_MOSAICS_NATIVE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lib = native.load(small_head.SOURCE, small_head._configure)
+    return lib, [str(w.message) for w in caught]
+
+
+def _cached_library(cache) -> Path:
+    (path,) = [p for p in Path(cache).glob("small_head_retrieval-*.so")]
+    return path
+
+
+def _compile_plant(tmp_path, body: str) -> bytes:
+    """A shared library built from ``body`` (C), as bytes."""
+    src, out = tmp_path / "plant.c", tmp_path / "plant.so"
+    src.write_text(body)
+    subprocess.run([os.environ.get("CC") or "cc", "-shared", "-fPIC", "-o", str(out), str(src)], check=True)
+    return out.read_bytes()
+
+
+@needs_cc
+def test_cache_folder_created_private_and_hash_recorded(tmp_path, monkeypatch):
+    cache = tmp_path / "new" / "cache"
+    lib, messages = _load(cache, monkeypatch)
+    assert lib is not None and not messages
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    so = _cached_library(cache)
+    recorded = so.with_name(so.name + ".sha256").read_text().strip()
+    assert recorded == hashlib.sha256(so.read_bytes()).hexdigest()
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]  # written atomically
+
+
+@needs_cc
+def test_planted_library_is_never_loaded(tmp_path, monkeypatch):
+    """A library placed under the expected name (no recorded hash) is rebuilt, its constructor never runs."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    marker = tmp_path / "constructor-ran"
+    plant = _compile_plant(
+        tmp_path,
+        f'#include <stdio.h>\n__attribute__((constructor)) static void run(void) {{ fopen("{marker}", "w"); }}\n',
+    )
+    target = native.library_path(small_head.SOURCE, os.environ.get("CC") or "cc", native.FLAG_SETS[0], cache)
+    target.write_bytes(plant)
+    lib, messages = _load(cache, monkeypatch)
+    assert any("no recorded SHA-256" in m for m in messages)
+    assert lib is not None and not marker.exists()
+    assert target.read_bytes() != plant  # replaced by a fresh build
+    # A planted library with a forged record is refused too when its symbols are missing: a warning, no crash.
+    target.write_bytes(plant)
+    target.with_name(target.name + ".sha256").write_text(hashlib.sha256(plant).hexdigest())
+    other = tmp_path / "other"
+    shutil.copytree(cache, other)
+    lib, messages = _load(other, monkeypatch)
+    assert lib is None and any("unavailable" in m for m in messages)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler named cc")
+def test_truncated_library_is_rebuilt_not_loaded(tmp_path):
+    """A truncated .so (it killed the process with SIGBUS when loaded) fails the hash check before
+    dlopen: rebuilt with a warning, or, when the compiler fails, the torch path with a warning."""
+    cache = tmp_path / "cache"
+    env = dict(os.environ, MEMORY_MOSAICS_CACHE=str(cache), MEMORY_MOSAICS_NATIVE="1", CC="cc")
+    failing = tmp_path / "bin" / "cc"  # the same compiler name (the cache key), but every build fails
+    failing.parent.mkdir()
+    failing.write_text("#!/bin/sh\nexit 1\n")
+    failing.chmod(0o755)
+    code = (
+        "import warnings, torch\n"
+        "warnings.simplefilter('always')\n"
+        "from memory_mosaics.ops import causal_retrieval, causal_retrieval_reference, small_head\n"
+        "print('available', small_head.available())\n"
+        "q = torch.randn(1, 2, 40, 2)\n"
+        "torch.testing.assert_close(causal_retrieval(q, q, q), causal_retrieval_reference(q, q, q))\n"
+    )
+    run = lambda **extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True, timeout=300
+    )
+    first = run()
+    assert first.returncode == 0 and "available True" in first.stdout, first.stderr
+    so = _cached_library(cache)
+    so.write_bytes(so.read_bytes()[: so.stat().st_size // 3])
+    broken_compiler = run(PATH=f"{failing.parent}{os.pathsep}{env['PATH']}")
+    assert broken_compiler.returncode == 0, broken_compiler.stderr
+    assert (
+        "available False" in broken_compiler.stdout and "does not match its recorded SHA-256" in broken_compiler.stderr
+    )
+    rebuilt = run()
+    assert rebuilt.returncode == 0 and "available True" in rebuilt.stdout, rebuilt.stderr
+    assert "does not match its recorded SHA-256" in rebuilt.stderr
+
+
+@needs_cc
+def test_unsafe_cache_folder_refused(tmp_path, monkeypatch):
+    """A folder that others may write into, or that another user owns, is not used (torch path, warning)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    lib, messages = _load(shared, monkeypatch)
+    assert lib is None and any("writable by other users" in m for m in messages)
+    assert not list(shared.iterdir())  # nothing built there either
+    foreign = tmp_path / "foreign"
+    foreign.mkdir(mode=0o700)
+    uid = os.getuid()
+    monkeypatch.setattr(native.os, "getuid", lambda: uid + 1)
+    lib, messages = _load(foreign, monkeypatch)
+    assert lib is None and any("owned by another user" in m for m in messages)
