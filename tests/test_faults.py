@@ -165,6 +165,12 @@ def test_a_bad_ranks_file_is_named_with_its_line(tmp_path, capsys, ranks, words)
     cli_fails(capsys, argv, str(ranks_file), words)
 
 
+def test_a_corpus_of_nul_bytes_is_refused(tmp_path, capsys):
+    (tmp_path / "nul.txt").write_bytes(b"\0" * 5000)
+    argv = ["train", "--data", tmp_path / "nul.txt", "--tokenizer", "bpe:300", "--out", tmp_path / "o"]
+    cli_fails(capsys, argv, str(tmp_path / "nul.txt"), "holds NUL bytes (byte offset 0)")
+
+
 # ---------------------------------------------------------------------- checkpoints that explain themselves
 def _flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
