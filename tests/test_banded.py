@@ -45,3 +45,18 @@ def test_block_must_hold_the_window():
     with pytest.raises(ValueError, match="window"):
         banded_retrieval(q, q, q, 1, 20, block=19)
     assert block_size(1) == 64 and block_size(65) == 80 and block_size(256) == 256
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_causal_retrieval_takes_the_banded_path_on_long_windows_and_agrees(dtype, monkeypatch):
+    from memory_mosaics.ops import banded, retrieval
+
+    calls = []
+    monkeypatch.setattr(banded, "banded_retrieval", lambda *a, **k: calls.append(1) or banded_retrieval(*a, **k))
+    q, k, v = (torch.randn(1, 2, 600, 16, dtype=dtype) for _ in range(3))  # head size 16: the SDPA path
+    out = retrieval.causal_retrieval(q, k, v, 1, 10)
+    assert calls == [1]
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out, causal_retrieval_reference(q, k, v, 1, 10), atol=tol, rtol=0)
+    retrieval.causal_retrieval(q[:, :, :200], k[:, :, :200], v[:, :, :200], 1, 10)  # 4 blocks or fewer: dense band
+    assert calls == [1]

@@ -16,7 +16,8 @@ Shapes: ``q``, ``k`` (B, H, T, Dk); ``v`` (B, H, T, Dv); returns (B, H, T, Dv).
 * :func:`causal_retrieval` uses the shift trick: queries ``q[min_lag:]`` against pairs
   ``k[:-min_lag], v[:-min_lag]`` under an ordinary causal mask, so that
   ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels) applies;
-  the first ``min_lag`` outputs are zero. A finite ``max_lag`` adds a band mask. On the CPU in
+  the first ``min_lag`` outputs are zero. A finite ``max_lag`` adds a band mask, or, once the
+  sequence holds more than 4 blocks of the window, the O(T w) blocked path of :mod:`.banded`. On the CPU in
   float32 with head sizes <= 8 and no dropout it calls the compiled kernel of :mod:`.small_head`
   instead (same function, faster there: ``docs/benchmarks.md``). While ``torch.export`` traces, the
   SDPA path uses the full (T, T) mask of allowed pairs instead of the shift, so that no branch
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import small_head
+from . import banded, small_head
 
 
 def _check_lags(min_lag: int, max_lag: int | None) -> None:
@@ -81,6 +82,8 @@ def causal_retrieval(
     qs, ks, vs = q[:, :, min_lag:], k[:, :, :-min_lag], v[:, :, :-min_lag]
     if max_lag is None or max_lag >= T - 1:
         out = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p, is_causal=True, scale=1.0)
+    elif T - min_lag > 4 * banded.block_size(max_lag - min_lag + 1):
+        return banded.banded_retrieval(q, k, v, min_lag, max_lag, dropout_p)  # O(T w), no (T, T) mask
     else:
         # after the shift, query i (time i + min_lag) may read pair j iff 0 <= i - j <= max_lag - min_lag
         n = T - min_lag
