@@ -1,24 +1,18 @@
 """End to end: `mosaics reproduce language --quick` trains, evaluates and writes its outputs."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from memory_mosaics.cli import main
 from memory_mosaics.data.corpus import shared_data_dir
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared data folder (TinyStories, Wikipedia)")
 def test_language_quick(tmp_path, monkeypatch):
     monkeypatch.setenv("MOSAICS_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    assert (
-        main(["reproduce", "language", "--quick", "--config", str(REPO / "configs/cpu-d128.toml"), "--out", str(out)])
-        == 0
-    )
+    assert main(["reproduce", "language", "--quick", "--config", "cpu-d128", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["summary"]) == {"mosaic-1", "gpt-1"}
     for entry in results["runs"].values():
@@ -28,10 +22,7 @@ def test_language_quick(tmp_path, monkeypatch):
     assert (out / "figure7.png").is_file() and (out / "figure8.png").is_file()
     assert "mosaic depth 1" in (out / "generations.md").read_text()
     # a second invocation reuses the finished runs instead of training again
-    assert (
-        main(["reproduce", "language", "--quick", "--config", str(REPO / "configs/cpu-d128.toml"), "--out", str(out)])
-        == 0
-    )
+    assert main(["reproduce", "language", "--quick", "--config", "cpu-d128", "--out", str(out)]) == 0
     assert (out / "mosaic-1" / "train.log").read_text().count("starting from scratch") == 1
     analysis = json.loads((out / "analysis.json").read_text())
     assert set(analysis["tokens"]["mosaic-1"]["valid"]) == {"all", "frequent", "medium", "rare", "seen", "unseen"}
@@ -56,7 +47,7 @@ def test_learning_rate_sweep_and_long_context(tmp_path, monkeypatch):
         "language",
         "--quick",
         "--config",
-        str(REPO / "configs/cpu-d128.toml"),
+        "cpu-d128",
         "--out",
         str(out),
         "--models",

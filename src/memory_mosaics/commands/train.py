@@ -1,6 +1,6 @@
 """``mosaics train``: train a Memory Mosaic or a GPT-2 language model.
 
-    mosaics train --config configs/cpu-d128.toml --model gpt --n-layer 2 --out runs/gpt-2l
+    mosaics train --config cpu-d128 --model gpt --n-layer 2 --out runs/gpt-2l
     mosaics train --model mosaic --data corpus.txt --out runs/x --max-steps 1000 [--resume]
     torchrun --nproc_per_node 2 -m memory_mosaics.cli train --config ... --out runs/ddp
 
@@ -43,7 +43,11 @@ _HELP = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="TOML or JSON file of TrainConfig keys")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML or JSON file of TrainConfig keys, or a preset name (cpu-d128, paper, ...)",
+    )
     parser.add_argument("--out", metavar="DIR", help="run directory: checkpoints, metrics, resolved config")
     parser.add_argument(
         "--resume",

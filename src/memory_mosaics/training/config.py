@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import configs
 from ..io import atomic_write_text
 from ..models import ModelConfig, lookup
 
@@ -201,10 +202,9 @@ class TrainConfig:
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The table of a ``.toml`` or ``.json`` config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    """The table of a ``.toml`` or ``.json`` config file, or of a packaged preset named ``path``
+    (``cpu-d128``: :func:`memory_mosaics.configs.resolve`)."""
+    path = configs.resolve(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

@@ -1,6 +1,6 @@
 """Language modelling, Mosaic vs GPT-2 (spec section 4.2: figures 7 and 8, tables 4 and 5).
 
-    mosaics reproduce language [--config configs/cpu-d128.toml] [--depths 1 2 4] [--max-steps N]
+    mosaics reproduce language [--config cpu-d128] [--depths 1 2 4] [--max-steps N]
                                [--models mosaic gpt] [--v2-depths D] [--lrs 2e-3 4e-3 8e-3 --sweep-steps N]
                                [--long-context 4] [--jobs 2] [--deadline-s S] [--seeds S ...] [--replot]
                                [common flags: --out --threads --device --progress --quick]
@@ -32,6 +32,7 @@ import math
 import time
 from pathlib import Path
 
+from ... import configs
 from ...data.sources import build_tokenizer, open_corpus, resolve_cache_dir
 from ...training.config import TrainConfig, parse_assignment
 from ..common import add_common_arguments, apply_threads, check_threads, resolve_device, seeds
@@ -58,7 +59,9 @@ QUICK = [
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, EXPERIMENT, models=("mosaic", "gpt"), default_seeds=(TrainConfig.seed,))
     parser.add_argument(
-        "--config", default="configs/cpu-d128.toml", help="training preset (TOML/JSON) shared by all runs"
+        "--config",
+        default="cpu-d128",
+        help=f"training preset shared by all runs: a name ({', '.join(configs.names())}) or a TOML/JSON file",
     )
     parser.add_argument("--depths", type=int, nargs="+", help="model depths (default: 1 2 4; --quick: 1)")
     parser.add_argument("--v2-depths", type=int, nargs="*", default=[], help="depths at which to add a v2 Mosaic")
@@ -113,8 +116,10 @@ def _check(args: argparse.Namespace) -> None:
 
 def base_config(args: argparse.Namespace) -> TrainConfig:
     """The preset, then ``--quick``, ``--max-steps``, ``--set``, and the device/thread/progress flags."""
-    if not Path(args.config).is_file():
-        raise ValueError(f"--config {args.config}: no such file")
+    try:
+        configs.resolve(args.config)
+    except FileNotFoundError as err:
+        raise ValueError(f"--config: {err}") from None
     overrides = dict(parse_assignment(a) for a in [*(QUICK if args.quick else []), *args.set])
     if args.max_steps:
         overrides.setdefault("max_steps", args.max_steps)
