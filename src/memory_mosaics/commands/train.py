@@ -11,7 +11,7 @@ model config field. The resolved config is printed and written to ``OUT/train_co
 
 Every value is checked before any work (:meth:`TrainConfig.validate`): numbers finite and in range
 (``lr`` in (0, 1e30]; ``min_lr`` in [0, 1e30]; ``weight_decay``, ``grad_clip`` >= 0; ``betas`` and
-``dropout`` in [0, 1); ``threads`` at most 4 x the CPUs; sizes positive, and a model whose weights
+``dropout`` in [0, 1); ``threads`` at most the CPUs; sizes positive, and a model whose weights
 cannot fit in memory is refused with the estimate); a bad one ends with one line naming the option
 and the value.
 """

@@ -107,8 +107,11 @@ def seeds(args: argparse.Namespace) -> list[int]:
 
 
 def check_threads(threads: int) -> None:
-    if threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {threads}")
+    """``--threads`` in [0, the machine's CPUs] (0: PyTorch's default)."""
+    from ..training.config import max_threads
+
+    if not 0 <= threads <= max_threads():
+        raise ValueError(f"--threads must be in [0, {max_threads()}] (the machine's CPUs), got {threads}")
 
 
 def apply_threads(threads: int) -> None:

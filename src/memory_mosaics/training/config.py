@@ -30,8 +30,9 @@ MAX_LR = 1e30  # larger ones overflow float32 inside the optimiser (a traceback,
 
 
 def max_threads() -> int:
-    """The most CPU threads an option may ask for: 4 x the machine's CPUs (more only thrashes or crashes)."""
-    return 4 * (os.cpu_count() or 1)
+    """The most CPU threads an option may ask for: the machine's CPUs (more only thrashes; 100,000
+    crashed the process)."""
+    return os.cpu_count() or 1
 
 
 def memory_bytes() -> int | None:
@@ -158,8 +159,7 @@ class TrainConfig:
             raise ValueError(f"betas (--betas) must be two numbers in [0, 1), got {list(self.betas)}")
         if self.threads > max_threads():
             raise ValueError(
-                f"threads (--threads) must be at most {max_threads()} (4 x the {os.cpu_count()} CPUs), "
-                f"got {self.threads}"
+                f"threads (--threads) must be at most {max_threads()} (the machine's CPUs), got {self.threads}"
             )
         check_model_fits(self.n_layer, self.n_embd)
         if not 0 <= self.seed <= MAX_SEED:
