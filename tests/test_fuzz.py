@@ -18,7 +18,7 @@ from memory_mosaics.data import regbench as rb  # noqa: E402
 from memory_mosaics.data.corpus import read_documents  # noqa: E402
 from memory_mosaics.training.config import TrainConfig, parse_assignment, read_config_file  # noqa: E402
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 json_values = st.recursive(
