@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the traceback of any error (also: environment variable MOSAICS_DEBUG=1)",
     )
+    parser.add_argument(
+        "--shared-data",
+        metavar="DIR",
+        help="the shared data folder that shared:PATH sources name (sets MOSAICS_SHARED_DATA; README, Data)",
+    )
     add_subcommands(parser, commands, "command", "COMMAND")
     return parser
 
@@ -183,6 +188,8 @@ def _quiet_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.shared_data:
+        os.environ["MOSAICS_SHARED_DATA"] = args.shared_data  # also seen by worker processes
     try:
         return int(args._run(args) or 0)
     except BrokenPipeError:

@@ -38,10 +38,17 @@ _BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
 def shared_data_dir() -> Path | None:
     """The read-only shared data folder, or None when it is absent.
 
-    Taken from ``$MOSAICS_SHARED_DATA``, else ``<repo>/../shared/data``.
+    Taken from ``$MOSAICS_SHARED_DATA`` (``mosaics --shared-data DIR`` sets it), else, in a source
+    checkout only (never under an installed package), ``<checkout>/../shared/data``.
     """
-    default = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-    path = Path(os.environ.get("MOSAICS_SHARED_DATA", default))
+    env = os.environ.get("MOSAICS_SHARED_DATA")
+    if env:
+        path = Path(env)
+    else:
+        checkout = Path(__file__).resolve().parents[3]  # src/memory_mosaics/data/corpus.py -> the checkout
+        if not (checkout / "pyproject.toml").is_file():
+            return None
+        path = checkout.parent / "shared" / "data"
     return path if path.is_dir() else None
 
 
@@ -123,7 +130,10 @@ def _read_named(source: str) -> list[str]:
     try:
         import datasets
     except ImportError:
-        raise ValueError(f"dataset {name!r} needs the `datasets` package, which is not installed; {hint}") from None
+        raise ValueError(
+            f"dataset {name!r} needs the `datasets` package, which is not installed "
+            f"(pip install 'memory-mosaics[datasets]'); {hint}"
+        ) from None
     if os.environ.get("HF_HUB_OFFLINE") == "1" or not _online():
         raise ValueError(f"dataset {name!r} needs network access to huggingface.co, which is unavailable; {hint}")
     try:

@@ -1,7 +1,8 @@
 """Where a run's text comes from and where what is derived from it is cached.
 
 * :func:`resolve_data_path` expands ``shared:RELATIVE`` into the shared data folder
-  (``$MOSAICS_SHARED_DATA``, else ``<repo>/../shared/data``);
+  (``$MOSAICS_SHARED_DATA`` or ``mosaics --shared-data DIR``, else ``<checkout>/../shared/data`` in a
+  source checkout), naming the file and how to point at it when it is missing;
 * :func:`resolve_cache_dir` is the root of the caches (``$MOSAICS_CACHE_DIR``, else
   ``~/.cache/memory_mosaics``);
 * :func:`build_tokenizer` returns the tokenizer a spec names, training a ``bpe:N`` one once per
@@ -29,12 +30,21 @@ def resolve_data_path(source: str) -> str:
     is refused."""
     if not source.startswith("shared:"):
         return source
+    relative = source[len("shared:") :]
+    how = (
+        f"set the environment variable MOSAICS_SHARED_DATA=DIR or pass `mosaics --shared-data DIR ...`, "
+        f"where DIR/{relative} exists (README, Data), or give a local path instead of {source}"
+    )
     root = shared_data_dir()
     if root is None:
-        raise ValueError(f"{source}: the shared data folder was not found (set MOSAICS_SHARED_DATA)")
-    path = root / source[len("shared:") :]
+        env = os.environ.get("MOSAICS_SHARED_DATA")
+        where = f"MOSAICS_SHARED_DATA={env} is not a folder" if env else "the shared data folder was not found"
+        raise ValueError(f"{source} needs the file {relative} of the shared data folder, but {where}; {how}")
+    path = root / relative
     if not path.resolve().is_relative_to(root.resolve()):
         raise ValueError(f"{source} leaves the shared data folder {root}; name a path inside it")
+    if not path.exists():
+        raise ValueError(f"{source}: {path} not found in the shared data folder {root}; {how}")
     return str(path)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,11 @@ class MetricsLog:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-            except Exception:  # tensorboard is optional
-                self.tb = None
+            except ImportError as err:  # optional: said, never skipped silently
+                warnings.warn(
+                    f"TensorBoard logging requested but unavailable ({err}): metrics go to metrics.jsonl/csv "
+                    "only; pip install 'memory-mosaics[tensorboard]', or set tensorboard = false in the config"
+                )
 
     def _write(self, row: dict) -> None:
         self.jsonl.write(json.dumps(row) + "\n")
