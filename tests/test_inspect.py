@@ -183,6 +183,8 @@ def test_gpt_attention_reads_its_own_position_and_model_mode_is_restored():
     assert lags(attn).min() == 0 and (attn.retrieval.readable == torch.arange(1, T + 1)).all()
     with pytest.raises(ValueError, match="block_size"):
         inspect(model, torch.randint(0, V, (40,)))
+    with pytest.raises(ValueError, match="one sequence"):
+        inspect(model, torch.randint(0, V, (2, 5)))
 
 
 def test_copy_score_counts_top_sources_that_store_the_prediction():

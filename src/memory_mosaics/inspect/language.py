@@ -104,6 +104,8 @@ def inspect(model: nn.Module, idx: Tensor, top_k: int = 8, lens_k: int = 5, chun
     and layer; chunk: query rows per weight computation (memory O(chunk x T)) and positions per
     logit-lens step (O(chunk x V)).
     """
+    if idx.dim() not in (1, 2) or (idx.dim() == 2 and idx.shape[0] != 1):
+        raise ValueError(f"inspect takes one sequence, (T,) or (1, T) token ids, got shape {tuple(idx.shape)}")
     idx = idx.reshape(1, -1).long()
     model.check_tokens(idx)
     was_training = model.training
