@@ -255,3 +255,35 @@ def test_import_memory_mosaics_then_transformers_registers_the_auto_classes():
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "MosaicForCausalLM", run.stderr[-3000:]
+
+
+def test_hub_ids_offline_fail_in_one_line_and_local_folders_always_win(tmp_path, monkeypatch):
+    from memory_mosaics.hf.hub import resolve
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError) as err:
+        resolve("nobody-here/no-such-model")
+    message = str(err.value)
+    assert "\n" not in message and "could not be downloaded from the Hugging Face Hub" in message
+    local = tmp_path / "owner" / "name"  # looks like a Hub id, exists locally: used as it is
+    local.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve("owner/name") == local.relative_to(tmp_path)
+    with pytest.raises(ValueError, match="neither a local folder nor"):
+        resolve("not a hub id")
+
+
+def test_mosaics_convert_both_ways_from_the_command_line(tmp_path, capsys):
+    from memory_mosaics import cli
+
+    lm = native("mosaic")
+    lm.save_pretrained(tmp_path / "ckpt")
+    assert cli.main(["convert", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "modeling_mosaics.py").is_file()
+    assert cli.main(["convert", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    assert torch.equal(MosaicLM.from_pretrained(tmp_path / "back").wte.weight, lm.wte.weight)
+    capsys.readouterr()
+    assert cli.main(["convert", str(tmp_path / "hf"), str(tmp_path / "again"), "--to", "hf"]) == 2
+    assert "already a Hugging Face folder" in capsys.readouterr().err
+    assert cli.main(["convert", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 2  # OUT not empty
+    assert "not an empty folder" in capsys.readouterr().err
