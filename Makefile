@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 OUT ?= runs
 
-.PHONY: demo test test-all lint format bench clean
+.PHONY: demo test test-all test-wheel lint format bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ format: $(BIN)/.installed
 
 test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q --runslow
+
+# the wheel built, installed into a fresh virtualenv outside the checkout, and run (CI runs it)
+test-wheel: $(BIN)/.installed
+	$(BIN)/python -m pytest -q --runslow tests/test_wheel.py
 
 bench: $(BIN)/.installed
 	cd benchmarks && ../$(BIN)/python bench_leaky_average.py && ../$(BIN)/python bench_train_step.py \
