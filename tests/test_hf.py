@@ -287,3 +287,14 @@ def test_mosaics_convert_both_ways_from_the_command_line(tmp_path, capsys):
     assert "already a Hugging Face folder" in capsys.readouterr().err
     assert cli.main(["convert", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 2  # OUT not empty
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_a_package_checkpoint_loads_directly_with_auto_model(tmp_path):
+    """No conversion needed to read one: the package config's fields are the HF config's, and
+    transformers adds the ``model.`` prefix of the native weights."""
+    lm = native("mosaic_v2")
+    lm.save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    idx = torch.randint(0, V, (2, 20))
+    with torch.no_grad():
+        assert (model(idx).logits - lm(idx)).abs().max().item() < 1e-5
