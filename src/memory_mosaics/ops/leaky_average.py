@@ -17,6 +17,14 @@ Two implementations with the same signature:
   depends on T, so ``torch.export`` records one graph for every length >= 1 (:func:`leaky_average`
   uses it while exporting). Memory O(T^2).
 
+:func:`leaky_average` runs the chunked form inside :class:`LeakyAverage`, an autograd function
+whose backward is another leaky average, backwards in time, so that training keeps only the output
+``kbar`` (which the key normalisation keeps anyway) instead of the chunked form's intermediates:
+
+    g~_t = g_t + lambda_{t+1} g~_{t+1}                 (dL/dx_t = g~_t)
+    dL/dlog lambda_t = lambda_t <g~_t, kbar_{t-1}>     (kbar_{-1} = state)
+    dL/dstate = lambda_0 g~_0
+
 Shapes: ``x`` (B, H, T, D); ``log_decay`` broadcastable to (B, H, T) (e.g. (1, H, 1) for a per-head
 constant); ``state`` (B, H, D) or None. Both return ``kbar`` (B, H, T, D); the last time step
 ``kbar[:, :, -1]`` is the state to carry into the next call (incremental decoding).
@@ -114,9 +122,42 @@ def leaky_average_matrix(x: Tensor, log_decay: Tensor, state: Tensor | None = No
     return kbar
 
 
+class LeakyAverage(torch.autograd.Function):
+    """:func:`leaky_average_chunked` with the backward of the module docstring (saves kbar only)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, log_decay: Tensor, state: Tensor | None) -> Tensor:
+        kbar = leaky_average_chunked(x, log_decay, state)
+        ctx.decay_shape = log_decay.shape
+        ctx.save_for_backward(kbar, log_decay, state)
+        return kbar
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        kbar, log_decay, state = ctx.saved_tensors
+        logd = _broadcast_decay(kbar, log_decay)  # (B, H, T)
+        # g~ is a leaky average of g in reversed time, where step u = T-1-t decays by lambda_{t+1}
+        reversed_decay = torch.nn.functional.pad(logd[..., 1:], (0, 1)).flip(-1)
+        g = leaky_average_chunked(grad.flip(2), reversed_decay).flip(2)  # g~, (B, H, T, D)
+        previous = torch.cat(
+            [torch.zeros_like(kbar[:, :, :1]) if state is None else state[:, :, None], kbar[:, :, :-1]], 2
+        )
+        lam = logd.exp()
+        grad_x = g if ctx.needs_input_grad[0] else None
+        grad_decay = None
+        if ctx.needs_input_grad[1]:
+            full = lam * (g * previous).sum(-1).to(lam.dtype)  # (B, H, T)
+            grad_decay = full.sum_to_size(ctx.decay_shape).to(log_decay.dtype)
+        grad_state = (lam[:, :, 0, None] * g[:, :, 0]).to(state.dtype) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_decay, grad_state
+
+
 def leaky_average(x: Tensor, log_decay: Tensor, state: Tensor | None = None) -> Tensor:
-    """The leaky average used by the layers (the fast, exact implementation; its branch-free
-    matrix form while ``torch.export`` traces, so that the sequence length stays symbolic)."""
+    """The leaky average used by the layers: the fast, exact implementation (:class:`LeakyAverage`
+    when gradients are needed); its branch-free matrix form while ``torch.export`` traces, so that
+    the sequence length stays symbolic."""
     if torch.compiler.is_exporting():
         return leaky_average_matrix(x, log_decay, state)
+    if x.shape[2] > 1 and torch.is_grad_enabled():
+        return LeakyAverage.apply(x, log_decay, state)
     return leaky_average_chunked(x, log_decay, state)

@@ -1,0 +1,45 @@
+"""The leaky average's own backward (a leaky average backwards in time) against autograd through
+the literal recurrence, and what it keeps for backward."""
+
+import pytest
+import torch
+
+from memory_mosaics.ops.leaky_average import LeakyAverage, leaky_average, leaky_average_reference
+
+
+def grads(fn, inputs, g):
+    out = torch.autograd.grad(fn(*inputs), inputs, g, allow_unused=True)
+    return [torch.zeros_like(i) if d is None else d for d, i in zip(out, inputs)]
+
+
+@pytest.mark.parametrize("T", [2, 5, 17, 300])
+@pytest.mark.parametrize("per_time", [False, True])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_backward_equals_autograd_of_the_recurrence(T, per_time, with_state):
+    torch.manual_seed(T)
+    x = torch.randn(2, 3, T, 4, dtype=torch.float64, requires_grad=True)
+    shape = (2, 3, T) if per_time else (1, 3, 1)
+    log_decay = (-3 * torch.rand(shape, dtype=torch.float64)).requires_grad_()
+    inputs = [x, log_decay] + ([torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)] if with_state else [])
+    g = torch.randn(2, 3, T, 4, dtype=torch.float64)
+    fast = grads(lambda *a: leaky_average(*a), inputs, g)
+    ref = grads(lambda *a: leaky_average_reference(*a), inputs, g)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_gradcheck_with_extreme_decays():
+    x = torch.randn(1, 2, 9, 3, dtype=torch.float64, requires_grad=True)
+    log_decay = torch.tensor([[[-40.0], [-1e-6]]], dtype=torch.float64, requires_grad=True)  # lambda ~ 0 and ~ 1
+    state = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(LeakyAverage.apply, (x, log_decay, state))
+
+
+def test_backward_keeps_only_the_output():
+    x = torch.randn(1, 2, 64, 8, requires_grad=True)
+    log_decay = torch.full((1, 2, 1), -0.5, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        kbar = leaky_average(x, log_decay)
+    big = [t for t in saved if t.numel() >= kbar.numel()]
+    assert len(big) == 1 and big[0].data_ptr() == kbar.data_ptr()
