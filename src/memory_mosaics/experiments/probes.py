@@ -8,7 +8,7 @@ in whatever process calls it (the studies run several in ``--jobs`` processes).
   (7 epochs, 224 optimiser steps), tested on the preset's 500 test environments: ``accuracy``, ``tvd``.
 * ``mqar``: MQAR (:mod:`.mqar`) at width 64, trained and tested on the hard setting: sequence
   length 256, 64 key-value pairs (:data:`MQAR_HARD`; 2,500 steps, a GPU job): ``accuracy``.
-* ``language``: the language CPU config (``configs/cpu-d128.toml``) for a short budget of steps:
+* ``language``: the language CPU preset ``cpu-d128`` for a short budget of steps:
   ``valid_loss``.
 
 ``quick=True`` shrinks each to a few seconds (tests).
@@ -75,7 +75,7 @@ def mqar(kind: str, overrides: dict, seed: int, device: str, quick: bool = False
     return {k: record[k] for k in ("accuracy", "params", "steps", "train_time_s", "final_train_loss")}
 
 
-LANGUAGE_CONFIG = "configs/cpu-d128.toml"
+LANGUAGE_CONFIG = "cpu-d128"  # a packaged preset (memory_mosaics/configs)
 LANGUAGE_STEPS = 600  # the short budget of the language probe (of the config's 2000)
 
 
