@@ -24,6 +24,7 @@ from ..io import atomic_write_text
 from ..models import ModelConfig, lookup
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+PARALLEL = ("ddp", "fsdp")
 CONFIG_FILE = "train_config.json"
 MAX_SEED = 2**63 - 1  # torch's and numpy's generators take 64-bit seeds
 MAX_LR = 1e30  # larger ones overflow float32 inside the optimiser (a traceback, not a divergence)
@@ -104,6 +105,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16, else fp16, on CUDA; fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False
+    parallel: str = "ddp"  # several processes: ddp (replicated weights) | fsdp (weights, grads, optimiser sharded)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (training.sharding)
     threads: int = 0  # CPU threads of this process (0: PyTorch's default)
     progress: bool = True
     tensorboard: bool = True  # also log to TensorBoard when it is installed
@@ -119,6 +122,8 @@ class TrainConfig:
         lookup(self.model)  # an unknown kind raises, naming the registered ones
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"unknown parallel {self.parallel!r} (--parallel); expected one of {', '.join(PARALLEL)}")
         for name in (
             "n_layer",
             "n_head",
