@@ -7,6 +7,9 @@ manifest of the checkpoints this run wrote::
                          tokenizer.json                    (tokenizer.save)
                          train_config.json                 (the resolved TrainConfig)
                          state.pt                          (optimiser, scaler, step, RNG states, data position)
+                         sharded/                          (parallel = fsdp: model and optimiser shards of
+                                                            every process, torch.distributed.checkpoint;
+                                                            state.pt then holds no optimiser)
                          checkpoint_manifest.json          (format, model kind, config hash, size and
                                                             SHA-256 of every file; written last)
     OUT/last -> ckpt-00001000
@@ -60,6 +63,7 @@ from ..models.base import CONFIG_NAME, WEIGHTS_NAME
 from .config import CONFIG_FILE, TrainConfig
 
 STATE_FILE = "state.pt"
+SHARDED_DIR = "sharded"  # torch.distributed.checkpoint folder of a sharded (FSDP) training state
 CHECKPOINT_MANIFEST = "checkpoint_manifest.json"
 CHECKPOINT_FORMAT = 1
 MANIFEST_FILE = "run_manifest.json"
@@ -113,6 +117,9 @@ def write_checkpoint_manifest(folder: str | os.PathLike, step: int, model_type: 
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != CHECKPOINT_MANIFEST and not p.name.startswith(".")
     }
+    sharded = folder / SHARDED_DIR  # every file of it, DCP's .metadata index included
+    for p in sorted(sharded.iterdir()) if sharded.is_dir() else ():
+        files[f"{SHARDED_DIR}/{p.name}"] = {"size": p.stat().st_size, "sha256": _sha256(p)}
     manifest = {
         "format": CHECKPOINT_FORMAT,
         "step": step,
@@ -140,7 +147,8 @@ def verify_checkpoint(folder: str | os.PathLike) -> str | None:
         return f"{path} is damaged ({type(err).__name__}: {err})"
     for name, size, sha in entries:
         file = folder / name
-        if Path(name).name != name or not file.is_file():
+        parts = Path(name).parts
+        if parts not in ((Path(name).name,), (SHARDED_DIR, Path(name).name)) or ".." in parts or not file.is_file():
             return f"{file} is missing"
         if file.stat().st_size != size:
             return f"{file} has {file.stat().st_size} bytes, its manifest says {size} (truncated or replaced)"
@@ -158,11 +166,14 @@ def save_checkpoint(
     config: TrainConfig,
     state: dict[str, Any],
     links: tuple[str, ...] = ("last",),
+    staged: Path | None = None,
 ) -> Path:
     """Write the checkpoint of ``step`` and point ``links`` at it; return its folder.
 
     ``model`` is the bare :class:`~memory_mosaics.models.LanguageModel` (not a DDP wrapper). The
     checkpoints this run wrote that no link keeps any more are then deleted (and only those).
+    ``staged``: the :func:`staging_folder` into which every process has already written its part
+    (the ``sharded/`` state); it is completed and renamed into place instead of a fresh temporary.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -176,8 +187,9 @@ def save_checkpoint(
         name = f"{name}-{k}"
     final = run_dir / name
     if not (name in ours and name in (manifest.get("last"), manifest.get("best")) and _is_checkpoint(final)):
-        tmp = run_dir / f"{_TMP_PREFIX}{step:08d}.{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = staged or run_dir / f"{_TMP_PREFIX}{step:08d}.{os.getpid()}"
+        if staged is None:
+            shutil.rmtree(tmp, ignore_errors=True)
         try:
             model.save_pretrained(tmp)
             tokenizer.save(tmp)
@@ -193,6 +205,8 @@ def save_checkpoint(
         if os.path.lexists(final):  # ours, from a save killed before it was linked
             _discard(run_dir, name)
         os.rename(tmp, final)
+    elif staged is not None:  # this step is already saved and linked: the staged copy is not needed
+        shutil.rmtree(staged, ignore_errors=True)
     for link in links:
         _point(run_dir / link, name)
         manifest[link] = name
@@ -203,6 +217,13 @@ def save_checkpoint(
     for old in retired:
         _discard(run_dir, old)
     return final
+
+
+def staging_folder(run_dir: str | os.PathLike, step: int) -> Path:
+    """The temporary folder into which all processes write the sharded state of ``step`` before rank 0
+    completes it (:func:`save_checkpoint` ``staged``); the same name on every process, swept with the
+    other temporaries. Only one training holds the run folder (:class:`RunLock`)."""
+    return Path(run_dir) / f"{_TMP_PREFIX}{step:08d}.staged"
 
 
 def _discard(run_dir: Path, name: str) -> None:
@@ -278,6 +299,12 @@ def checkpoint_problem(ckpt: str | os.PathLike) -> str | None:
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file makes the checkpoint damaged
         return f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    if (
+        isinstance(state, dict)
+        and state.get("sharded") == SHARDED_DIR
+        and not (ckpt / SHARDED_DIR / ".metadata").is_file()
+    ):
+        return f"no {SHARDED_DIR}/.metadata"
     return state_problem(state)
 
 
@@ -298,11 +325,14 @@ def state_problem(state: Any) -> str | None:
     """Why ``state`` (a loaded ``state.pt``) is not a training state, or None when it is."""
     if not isinstance(state, dict):
         return f"{STATE_FILE} holds no training state (a {type(state).__name__})"
+    sharded = state.get("sharded") == SHARDED_DIR  # the optimiser is in the sharded/ folder
     for key, kind in _STATE_TYPES.items():
+        if key == "optimizer" and sharded:
+            continue
         value = state.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             return f"{STATE_FILE} holds no valid {key!r} (got {type(value).__name__})"
-    if state["step"] < 0 or not {"state", "param_groups"} <= set(state["optimizer"]):
+    if state["step"] < 0 or not (sharded or {"state", "param_groups"} <= set(state["optimizer"])):
         return f"{STATE_FILE} holds no valid training state (step {state['step']})"
     return None
 

@@ -3,7 +3,8 @@
 ``torchrun --nproc_per_node N -m memory_mosaics.cli train ...`` sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init` reads them and joins the process
 group (gloo on CPU, nccl on CUDA). Without them everything here degrades to a single process, so
-the trainer calls these helpers unconditionally and the model code never sees any of it.
+the trainer calls these helpers unconditionally and the model code never sees any of it. Sharded
+training (FSDP2) and sharded checkpoints are in :mod:`.sharding`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -95,10 +97,24 @@ def wrap(model: nn.Module, d: Dist) -> nn.Module:
 
 
 def no_sync(model: nn.Module, sync: bool):
-    """Skip DDP's gradient all-reduce on accumulation micro-steps that are not the last one."""
-    if sync or not isinstance(model, DistributedDataParallel):
+    """Skip the gradient reduction on accumulation micro-steps that are not the last one: DDP's
+    all-reduce, or FSDP's reduce-scatter (the unsharded gradients then accumulate locally)."""
+    if sync:
         return nullcontext()
-    return model.no_sync()
+    if isinstance(model, FSDPModule):
+        return _fsdp_no_sync(model)
+    if isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return nullcontext()
+
+
+@contextmanager
+def _fsdp_no_sync(model: FSDPModule):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
