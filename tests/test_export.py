@@ -174,3 +174,29 @@ def test_onnx_export_equals_eager(tmp_path, head_size, v2):
             idx = _tokens(T, seed=T)
             (logits,) = session.run(None, {name: idx.numpy()})
             torch.testing.assert_close(torch.from_numpy(logits), model(idx), atol=2e-5, rtol=1e-4)
+
+
+SWITCHES = [
+    dict(key_extractor="leaky_fixed"),
+    dict(key_extractor="current"),
+    dict(value_peek="fixed"),
+    dict(value_peek="off"),
+    dict(bandwidth="fixed"),
+    dict(normalize_keys=False),
+    dict(persistent="mlp"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("head_size", [4, 16])
+def test_every_switch_exports(head_size, switch):
+    """Every configuration switch of MosaicConfig (the v1 and v2 ones above, and the ablations here)."""
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=2 * head_size, dropout=0.0, attn_dropout=0.0)
+    model = MosaicLM(MosaicConfig(**sizes, **switch)).eval()
+    ep = _export(model)
+    with torch.no_grad():
+        for T in (1, 17, 40):
+            idx = _tokens(T, seed=T)
+            torch.testing.assert_close(ep.module()(idx), model(idx), atol=2e-5, rtol=1e-4)
