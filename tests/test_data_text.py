@@ -163,7 +163,7 @@ def test_gpt2_spec_errors(tmp_path, monkeypatch):
     spec = json.loads(spec_path.read_text())
     spec_path.write_text(json.dumps({**spec, "ranks_sha256": "0" * 64}))
     assert "sha256" in one_line_error(load_tokenizer, tmp_path)
-    spec_path.write_text(json.dumps({**spec, "ranks_path": str(tmp_path / "gone.tiktoken")}))
+    spec_path.write_text(json.dumps({**spec, "ranks_path": "gone.tiktoken"}))  # a name beside the spec
     monkeypatch.setenv("MOSAICS_SHARED_DATA", str(tmp_path / "absent"))
     assert "missing" in one_line_error(load_tokenizer, tmp_path)
     assert "not found" in one_line_error(GPT2Tokenizer, tmp_path / "gone.tiktoken")
