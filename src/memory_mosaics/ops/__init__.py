@@ -1,16 +1,22 @@
-"""Tensor operations, each with a plain reference implementation and a fast one tested against it."""
+"""Tensor operations, each with a plain reference implementation and a fast one tested against it.
 
-from . import small_head
-from .leaky_average import leaky_average, leaky_average_chunked, leaky_average_reference
+``small_head`` is a compiled kernel registered as ``torch.library`` custom ops (``native`` builds and
+loads it safely); ``leaky_average_matrix`` is the branch-free form used while ``torch.export`` traces.
+"""
+
+from . import native, small_head
+from .leaky_average import leaky_average, leaky_average_chunked, leaky_average_matrix, leaky_average_reference
 from .retrieval import causal_retrieval, causal_retrieval_reference, causal_retrieval_weights, memory_readout
 
 __all__ = [
     "leaky_average",
     "leaky_average_chunked",
+    "leaky_average_matrix",
     "leaky_average_reference",
     "causal_retrieval",
     "causal_retrieval_reference",
     "causal_retrieval_weights",
     "memory_readout",
+    "native",
     "small_head",
 ]
