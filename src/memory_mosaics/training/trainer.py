@@ -9,13 +9,15 @@ Batches: every optimiser step draws the *global* batch (``batch_size`` random cr
 ``torch.Generator`` seeded identically on every process, and each process keeps its own rows of
 it, so N processes with micro-batch b follow exactly the run of one process with batch N b. The
 generator's state is checkpointed, so a resumed run draws the batches the uninterrupted run would.
-Data parallelism (torchrun + DDP) lives in :mod:`.distributed`.
+Data parallelism (torchrun + DDP) lives in :mod:`.distributed`; with ``parallel = "fsdp"`` the model is
+sharded (FSDP2), and checkpoints carry the sharded state, by :mod:`.sharding`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,7 +31,7 @@ from ..data.tokenizers import load_tokenizer
 from ..eval.language import evaluate
 from ..models import lookup
 from . import checkpoint as checkpoints
-from . import distributed
+from . import distributed, sharding
 from .config import TrainConfig
 from .loop import OptimizerStep, TrainingDiverged
 from .metrics import MetricsLog
@@ -143,6 +145,10 @@ class Trainer:
         if ckpt:
             checkpoints.load_weights(self.model, ckpt)
         self.model.to(self.device)
+        if cfg.activation_checkpointing:
+            sharding.checkpoint_activations(self.model)
+        if cfg.parallel == "fsdp":  # before the optimiser, which then holds the sharded parameters
+            sharding.shard(self.model, d)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         world = d.world_size
@@ -164,7 +170,7 @@ class Trainer:
         self.step, self.tokens_seen, self.best_val, self.data_time = 0, 0, math.inf, 0.0
         if ckpt:
             try:
-                self._restore(checkpoints.load_state(ckpt))
+                self._restore(checkpoints.load_state(ckpt), ckpt)
             except (ValueError, KeyError, TypeError, RuntimeError) as err:  # e.g. another optimiser's groups
                 raise ValueError(
                     f"cannot restore the training state of {ckpt}: {err}; use another checkpoint"
@@ -172,7 +178,7 @@ class Trainer:
             self.log(f"resumed from {ckpt} at step {self.step}")
         elif resume:
             self.log(f"no checkpoint in {self.out}; starting from scratch (metrics are appended)")
-        self.ddp = distributed.wrap(self.model, d)
+        self.ddp = distributed.wrap(self.model, d) if cfg.parallel == "ddp" else self.model
         self.train_model = torch.compile(self.ddp) if cfg.compile else self.ddp
         self.metrics = None
         if d.is_main:
@@ -274,7 +280,7 @@ class Trainer:
                     self.log(
                         f"step {self.step}: valid loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f})"
                     )
-                    diagnostics = self.diagnostics() if self.dist.is_main else {}
+                    diagnostics = self.diagnostics()
                     if diagnostics:
                         self._log({"split": "diagnostics", **diagnostics})
                     improved = result["loss"] < self.best_val
@@ -301,25 +307,27 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Validation loss, perplexity and loss by position over ``eval_windows`` fixed windows."""
         cfg = self.cfg
-        return evaluate(
-            self.model,
-            self.valid_data,
-            cfg.context,
-            self.dist,
-            max_windows=cfg.eval_windows or None,
-            batch_size=cfg.eval_batch_size,
-            device=self.device,
-            amp_dtype=self.amp_dtype,
-        )
+        with sharding.gathered(self.model):  # a sharded model's forward would wait on the other processes
+            return evaluate(
+                self.model,
+                self.valid_data,
+                cfg.context,
+                self.dist,
+                max_windows=cfg.eval_windows or None,
+                batch_size=cfg.eval_batch_size,
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+            )
 
     def diagnostics(self) -> dict[str, float]:
-        """The model's :meth:`~LanguageModel.diagnostics` on the first 8 validation windows."""
+        """The model's :meth:`~LanguageModel.diagnostics` on the first 8 validation windows, on rank 0
+        ({} on the others; every process takes part in gathering a sharded model)."""
         x, _ = next(iter(self.valid_data.eval_windows(self.cfg.context, 8, 8)))
         was_training = self.model.training
         self.model.eval()
         try:
-            with self.autocast():
-                return self.model.diagnostics(x.to(self.device))
+            with sharding.gathered(self.model), self.autocast():
+                return self.model.diagnostics(x.to(self.device)) if self.dist.is_main else {}
         finally:
             self.model.train(was_training)
 
@@ -336,7 +344,7 @@ class Trainer:
         a diverged state. The weights are the same on every process, so all of them decide alike.
         """
         d = self.dist
-        bad = [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+        bad = sharding.nonfinite(self.model)
         if bad or (self.last_loss is not None and not math.isfinite(self.last_loss)):
             what = f"{len(bad)} weight tensor(s) are not finite (e.g. {bad[0]})" if bad else "the loss is not finite"
             raise TrainingDiverged(f"{what} after step {self.step}; training stopped, {self._kept()}")
@@ -344,6 +352,14 @@ class Trainer:
         cuda_rng = (
             distributed.all_gather(torch.cuda.get_rng_state(self.device), d) if self.device.type == "cuda" else []
         )
+        staged, weights = None, self.model
+        if self.cfg.parallel == "fsdp":  # every process writes its shards, rank 0 the full weights
+            staged = checkpoints.staging_folder(self.out, self.step)
+            if d.is_main:
+                shutil.rmtree(staged, ignore_errors=True)
+            distributed.barrier()
+            sharding.save_sharded(self.model, self.optimizer, staged / checkpoints.SHARDED_DIR)
+            weights = sharding.consolidated(self.model, d)
         path = None
         if d.is_main:
             state = {
@@ -351,7 +367,7 @@ class Trainer:
                 "step": self.step,
                 "tokens_seen": self.tokens_seen,
                 "best_val": self.best_val,
-                "optimizer": self.optimizer.state_dict(),
+                **({"sharded": checkpoints.SHARDED_DIR} if staged else {"optimizer": self.optimizer.state_dict()}),
                 "scaler": self.scaler.state_dict(),
                 "scheduler": {"name": "warmup_cosine", "step": self.step},
                 "data_rng": self.data_gen.get_state(),
@@ -360,7 +376,9 @@ class Trainer:
                 "world_size": d.world_size,
             }
             links = ("last", "best") if best else ("last",)
-            path = checkpoints.save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.cfg, state, links)
+            path = checkpoints.save_checkpoint(
+                self.out, self.step, weights, self.tokenizer, self.cfg, state, links, staged=staged
+            )
             self.last_good = path.resolve()
         distributed.barrier()
         return path
@@ -376,8 +394,11 @@ class Trainer:
             self.lock.release()
             self.lock = None
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+    def _restore(self, state: dict[str, Any], ckpt: Path) -> None:
+        if state.get("sharded"):  # written with parallel = fsdp, by any number of processes
+            sharding.load_sharded(self.model, self.optimizer, ckpt / checkpoints.SHARDED_DIR)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens_seen, self.best_val = state["step"], state["tokens_seen"], state["best_val"]

@@ -1,0 +1,121 @@
+"""Sharded training (FSDP2 over 2 gloo processes on the CPU), sharded checkpoints and activation checkpointing.
+
+The reference is always one plain process: FSDP must follow its loss curve and weights, and a sharded
+checkpoint written by 2 processes must resume in 1 and in 2 processes to the same continuation.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_training import data, one_thread, read_metrics, subprocess_env, train_args  # noqa: F401 (fixtures)
+
+from memory_mosaics import cli
+from memory_mosaics.training.checkpoint import SHARDED_DIR, checkpoint_problem, load_state, resolve_checkpoint
+
+# 2 layers (so that there are several FSDP groups), accumulation 2 (FSDP's gradient sync skipped on
+# the first micro-step), no dropout (the streams differ per process), clipping on (a DTensor norm); a
+# constant learning rate (lr = min_lr) so that a run of 3 steps is the first half of a run of 6
+RUN = [
+    "--n-layer",
+    "2",
+    "--grad-accum",
+    "2",
+    "--dropout",
+    "0",
+    "--grad-clip",
+    "0.5",
+    "--min-lr",
+    "1e-2",
+    "--warmup",
+    "0",
+    "--log-interval",
+    "1",
+    "--checkpoint-interval",
+    "3",
+    "--threads",
+    "1",
+]
+TOL = 1e-5  # fp32; FSDP reduces gradients in another order than one process sums them
+
+
+def torchrun(data, out, *extra):  # noqa: F811
+    """``mosaics train`` in 2 gloo processes (one retry: torchrun's rendezvous can fail transiently)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "memory_mosaics.cli", *train_args(data, out, *RUN, "--parallel", "fsdp", *extra)]
+    for _ in range(2):
+        done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        if done.returncode == 0:
+            return done
+    raise AssertionError(done.stderr[-3000:])
+
+
+def assert_same_weights(a_dir, b_dir, atol=TOL):
+    a, b = load_file(Path(a_dir) / "model.safetensors"), load_file(Path(b_dir) / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+
+
+def train_losses(run_dir):
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir)}  # the last row of each step
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory):  # noqa: F811
+    """One process, 6 steps (the reference); 2 FSDP processes, 3 steps (a sharded checkpoint)."""
+    root = tmp_path_factory.mktemp("fsdp")
+    common = ["--valid", data["valid"], "--eval-interval", "3", "--eval-windows", "16"]
+    assert cli.main(train_args(data, root / "single", *RUN, *common, "--max-steps", "6")) == 0
+    torchrun(data, root / "fsdp", *common, "--max-steps", "3")
+    return root
+
+
+def test_fsdp_follows_one_process_and_writes_a_sharded_checkpoint(runs):
+    single, fsdp = train_losses(runs / "single"), train_losses(runs / "fsdp")
+    assert sorted(fsdp) == [1, 2, 3]
+    assert max(abs(fsdp[s] - single[s]) for s in fsdp) < TOL, (fsdp, single)
+    valid_single, valid_fsdp = read_metrics(runs / "single", "valid"), read_metrics(runs / "fsdp", "valid")
+    assert [r["step"] for r in valid_fsdp] == [3]
+    assert valid_fsdp[0]["loss"] == pytest.approx(valid_single[0]["loss"], abs=TOL)
+    ckpt = resolve_checkpoint(runs / "fsdp")
+    assert ckpt.name == "ckpt-00000003" and checkpoint_problem(ckpt) is None
+    state = load_state(ckpt)
+    assert state["sharded"] == SHARDED_DIR and "optimizer" not in state and state["world_size"] == 2
+    shards = sorted(p.name for p in (ckpt / SHARDED_DIR).iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    listed = json.loads((ckpt / "checkpoint_manifest.json").read_text())["files"]
+    assert {f"{SHARDED_DIR}/{name}" for name in shards} <= set(listed)
+    assert not [p for p in (runs / "fsdp").iterdir() if p.name.startswith(".")]  # the staging folder is gone
+
+
+def resumed(runs, name, resume):
+    """A copy of the 2-process run at step 3, resumed to step 6 by ``resume(run_dir)``; compared with
+    the one-process run: the losses of steps 4 to 6 and the final weights."""
+    run = runs / name
+    shutil.copytree(runs / "fsdp", run, symlinks=True)
+    resume(run)
+    single, got = train_losses(runs / "single"), train_losses(run)
+    assert sorted(got) == list(range(1, 7))
+    assert max(abs(got[s] - single[s]) for s in (4, 5, 6)) < TOL, (got, single)
+    assert_same_weights(runs / "single" / "last", run / "last")
+    return run
+
+
+def test_sharded_checkpoint_resumes_in_one_process(runs, data):  # noqa: F811
+    def resume(run):
+        assert cli.main(train_args(data, run, *RUN, "--parallel", "fsdp", "--max-steps", "6", "--resume")) == 0
+
+    run = resumed(runs, "resumed1", resume)
+    assert load_state(run / "last")["world_size"] == 1 and checkpoint_problem(run / "last") is None
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_resumes_in_two_processes(runs, data):  # noqa: F811
+    run = resumed(runs, "resumed2", lambda run: torchrun(data, run, "--max-steps", "6", "--resume"))
+    assert load_state(run / "last")["world_size"] == 2
