@@ -16,11 +16,11 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..common import split_heads
 from ..ops.leaky_average import leaky_average
+from ..ops.peek import peek_mix, peek_value
 
 EXP_SCALE = 10.0
 
@@ -119,19 +119,18 @@ class PeekValue(nn.Module):
         """v~ = W_psi x: (B, T, d_in) -> (B, H, T, Dh)."""
         return split_heads(self.proj(x), self.n_head)
 
+    def alpha(self) -> Tensor | None:
+        """alpha_h = exp(10 theta_h), (H,); None without normalisation."""
+        return (EXP_SCALE * self.theta).exp() if self.normalize else None
+
     def mix(self, v_now: Tensor, v_next: Tensor) -> Tensor:
-        """v_t from v~_t and v~_{t+1}, both (B, H, T, Dh)."""
-        gamma = self.gamma.view(1, -1, 1, 1)
-        vbar = gamma * v_now + (1 - gamma) * v_next
-        if not self.normalize:
-            return vbar
-        alpha = (EXP_SCALE * self.theta).exp().view(1, -1, 1, 1)
-        return vbar * (alpha * inverse_norm(vbar))  # alpha_h vbar / ||vbar||
+        """v_t from v~_t and v~_{t+1}, both (B, H, T, Dh) (one decoding step)."""
+        return peek_mix(v_now, v_next, self.gamma, self.alpha())
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (v, v~): values (B, H, T, Dh), and v~ whose last step completes v_{T} later."""
         vt = self.project(x)
-        return self.mix(vt, F.pad(vt, (0, 0, 0, 1))[:, :, 1:]), vt  # v~_{t+1}, 0 at the end (no guard on T)
+        return peek_value(vt, self.gamma, self.alpha()), vt
 
 
 class ComplexLinear(nn.Module):
