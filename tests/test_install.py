@@ -33,7 +33,7 @@ def test_presets_by_name_and_path(tmp_path, monkeypatch):
 def test_unknown_preset_is_one_line_exit_2(tmp_path, capsys):
     assert main(["reproduce", "language", "--config", "nope", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("mosaics: error: --config: config file not found: nope") and "cpu-d128" in err
+    assert err.startswith("mosaics: error: --config nope: no such file") and "cpu-d128" in err
 
 
 def test_shared_data_location_and_errors(tmp_path, monkeypatch):

@@ -118,8 +118,10 @@ def base_config(args: argparse.Namespace) -> TrainConfig:
     """The preset, then ``--quick``, ``--max-steps``, ``--set``, and the device/thread/progress flags."""
     try:
         configs.resolve(args.config)
-    except FileNotFoundError as err:
-        raise ValueError(f"--config: {err}") from None
+    except FileNotFoundError:
+        raise ValueError(
+            f"--config {args.config}: no such file, and no preset of that name ({', '.join(configs.names())})"
+        ) from None
     overrides = dict(parse_assignment(a) for a in [*(QUICK if args.quick else []), *args.set])
     if args.max_steps:
         overrides.setdefault("max_steps", args.max_steps)
