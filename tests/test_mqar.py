@@ -124,6 +124,8 @@ def test_reproduce_quick_end_to_end(tmp_path, capsys):
         assert set(run["by_setting"]) == {"L16-kv2", "L32-kv8"}
         assert all(0.0 <= a <= 1.0 for a in run["by_setting"].values())
     assert set(results["summary"]) == {"mosaic", "mosaic_v2", "gpt"}
+    table = (out / "table.md").read_text().splitlines()
+    assert table[0].startswith("| model | d |") and len(table) == 2 + 3  # header, rule, one row per model
     assert (out / "mqar.png").is_file() or "matplotlib is not installed" in capsys.readouterr().out
     capsys.readouterr()
     assert main(["reproduce", "mqar", "--quick", "--out", str(out), "--resume", "--no-progress"]) == 0

@@ -19,8 +19,9 @@ Presets (:mod:`.presets`, docs/mqar.md for the costs):
 * ``quick`` (``--quick``): a tiny vocabulary and model (tests).
 
 Outputs in ``--out``: ``results.json`` (:mod:`.results`, written after every run; ``--resume``
-reuses runs already in it) and ``mqar.png`` (:mod:`.report`: accuracy against width, one panel per
-sequence length, with the published Zoology curves).
+reuses runs already in it), ``table.md`` (mean accuracy per model, width and test setting) and
+``mqar.png`` (:mod:`.report`: accuracy against width, one panel per sequence length, with the
+published Zoology curves).
 
 Python API (used by the ablation study): :func:`.train.train_one` (a :class:`.presets.ModelSpec`, a
 :class:`.presets.TrainSpec`, a seed, a device -> a record with ``accuracy``) and
@@ -34,9 +35,10 @@ from pathlib import Path
 
 import torch
 
+from ...io import atomic_write_text
 from ..common import add_common_arguments, apply_threads, resolve_device
 from .presets import MODELS
-from .report import PUBLISHED, plot_figure, summary_lines
+from .report import PUBLISHED, markdown_table, plot_figure, summary_lines
 from .results import Results
 from .runs import run_all
 from .settings import resolve
@@ -89,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     )
     results = Results.start(out / "results.json", header, args.resume)
     run_all(settings, results, device, args.progress)
-    figure = out / "mqar.png"
-    print(f"wrote {results.path}" + (f" and {figure}" if plot_figure(results.data, figure) else ""))
+    figure, table = out / "mqar.png", out / "table.md"
+    atomic_write_text(table, markdown_table(results.data))
+    print(f"wrote {results.path}, {table}" + (f" and {figure}" if plot_figure(results.data, figure) else ""))
     for line in summary_lines(results.data):
         print(line)
     return 0

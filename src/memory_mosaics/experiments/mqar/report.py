@@ -124,6 +124,28 @@ def plot_figure(results: dict, path: str | Path) -> bool:
     return True
 
 
+def markdown_table(results: dict) -> str:
+    """Mean accuracy (min..max over seeds when there are several) per model and width (rows) and
+    test setting (columns), with the parameter count and the number of seeds."""
+    summary = results.get("summary", {})
+    names = list(next((r["by_setting"] for r in results["runs"] if "by_setting" in r), {}))
+    lines = [
+        "| model | d | params | seeds | " + " | ".join(n.replace("L", "").replace("-kv", "/") for n in names) + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
+    for model, per_width in summary.items():
+        for width, row in per_width.items():
+            first = next(iter(row.values()))
+            cells = []
+            for name in names:
+                c = row[name]
+                spread = f" ({c['min']:.3f}..{c['max']:.3f})" if len(c["seeds"]) > 1 else ""
+                cells.append(f"{c['mean']:.3f}{spread}")
+            head = f"| {model} | {width} | {first['params']:,} | {len(first['seeds'])} | "
+            lines.append(head + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_lines(results: dict) -> list[str]:
     """One line per model and width (mean accuracy per test setting), then one per diverged run."""
     lines = []
