@@ -20,6 +20,7 @@ through the ``blocks`` every model has, so the model code never sees it:
 from __future__ import annotations
 
 import functools
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -126,7 +127,9 @@ def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, folder: str
     """Write the model and optimiser state of every process into ``folder`` (DCP: one file of shards
     per process and a ``.metadata`` index written last by rank 0). Collective."""
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
+    state = {"model": model_state, "optim": optim_state}
+    with _one_process_is_fine():
+        dcp.save(state, checkpoint_id=str(folder), no_dist=not dist.is_initialized())
 
 
 def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, folder: str | Path) -> None:
@@ -134,5 +137,14 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, folder: str
     ``optimizer`` (resharded to this run's processes). Collective."""
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(folder))
+    with _one_process_is_fine():
+        dcp.load(state, checkpoint_id=str(folder), no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+@contextmanager
+def _one_process_is_fine():
+    """DCP warns whenever no process group is up; a one-process run saving or loading is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        yield
