@@ -2,9 +2,11 @@
 
 Each measurement runs in a fresh child process and reports the growth of the peak resident set
 size (ru_maxrss) during one forward pass, above the peak reached after building the model and a
-short warm-up; with ``--grad`` the forward keeps what backward needs (training).
+short warm-up; with ``--grad`` the forward keeps what backward needs (training). ``--saved``
+counts instead, exactly, the bytes of the distinct tensors autograd keeps for backward (the
+activations of a training forward, parameters excluded): deterministic, unlike the RSS.
 
-    python benchmarks/bench_memory.py [--T 4096] [--grad]
+    python benchmarks/bench_memory.py [--T 4096] [--grad | --saved]
 """
 
 import argparse
@@ -29,6 +31,25 @@ def child(kind: str, T: int, grad: bool) -> None:
     print(json.dumps({"peak_growth_mib": (after - before) / 1024}))
 
 
+def saved_bytes(kind: str, T: int) -> int:
+    """Bytes of the distinct storages autograd saves during one training forward (no parameters)."""
+    torch.manual_seed(0)
+    model = (mosaic() if kind == "mosaic" else gpt(T)).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    idx = torch.randint(0, 8192, (1, T))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(idx, idx)
+    return sum(seen.values())
+
+
 def measure(kind: str, T: int, grad: bool) -> float:
     cmd = [sys.executable, __file__, "--child", kind, "--T", str(T)] + (["--grad"] if grad else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -39,10 +60,18 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--T", type=int, default=4096)
     p.add_argument("--grad", action="store_true", help="forward with autograd (training) instead of inference")
+    p.add_argument("--saved", action="store_true", help="exact bytes autograd keeps for backward instead of RSS")
     p.add_argument("--child", choices=["mosaic", "gpt"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args.child, args.T, args.grad)
+    if args.saved:
+        header(f"activations kept for backward, T={args.T}, batch 1, n_layer 4, d 256, vocab 8192")
+        mib = {kind: saved_bytes(kind, args.T) / 2**20 for kind in ("mosaic", "gpt")}
+        for kind, value in mib.items():
+            print(f"{kind:6s} saved {value:8.1f} MiB")
+        print(f"mosaic / gpt saved activations: {mib['mosaic'] / mib['gpt']:.2f}")
+        return
     mode = "training forward (grad)" if args.grad else "inference forward (no grad)"
     header(f"peak memory, {mode}, T={args.T}, batch 1, n_layer 4, d 256, vocab 8192")
     mib = {kind: measure(kind, args.T, args.grad) for kind in ("mosaic", "gpt")}
