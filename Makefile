@@ -39,7 +39,7 @@ test-wheel: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	cd benchmarks && ../$(BIN)/python bench_leaky_average.py && ../$(BIN)/python bench_train_step.py \
-	  && ../$(BIN)/python bench_decode.py && ../$(BIN)/python bench_memory.py && ../$(BIN)/python bench_memory.py --grad \
+	  && ../$(BIN)/python bench_decode.py && ../$(BIN)/python bench_memory.py && ../$(BIN)/python bench_memory.py --grad && ../$(BIN)/python bench_memory.py --saved \
 	  && ../$(BIN)/python bench_small_head.py
 
 clean:
