@@ -107,6 +107,11 @@ def test_without_compiler_falls_back(tmp_path):
         "assert any('unavailable' in str(x.message) for x in w)\n"
         "q = torch.randn(1, 1, 20, 2)\n"
         "torch.testing.assert_close(causal_retrieval(q, q, q), causal_retrieval_reference(q, q, q))\n"
+        "try:\n"  # the op itself (e.g. in an exported program) says what to do instead
+        "    torch.ops.memory_mosaics.small_head_forward(q, q, q, 1, -1)\n"
+        "    raise SystemExit('no error')\n"
+        "except RuntimeError as err:\n"
+        "    assert 'decompositions()' in str(err), err\n"
     )
     env = dict(os.environ, CC=str(tmp_path / "no-such-compiler"), MEMORY_MOSAICS_CACHE=str(tmp_path))
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)

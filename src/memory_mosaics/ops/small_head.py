@@ -52,6 +52,18 @@ def _library() -> ctypes.CDLL | None:
     return native.load(SOURCE, _configure)
 
 
+def _kernel() -> ctypes.CDLL:
+    """The loaded library; a clear error where it is unavailable (e.g. an exported program run in a
+    process without a compiler: decompose it with :func:`decompositions`)."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError(
+            "the small-head kernel is unavailable in this process (see the warning above); "
+            "run models with causal_retrieval, or decompose exported programs with small_head.decompositions()"
+        )
+    return lib
+
+
 @torch.compiler.assume_constant_result
 def available() -> bool:
     """True when the compiled kernel is loaded (compiling it on first call). A constant for
@@ -114,7 +126,7 @@ def small_head_forward(q: Tensor, k: Tensor, v: Tensor, min_lag: int, max_lag: i
     Tp = -(-T // LANES) * LANES
     qp, kp, vp = _planar(q, Tp), _planar(k, Tp), _planar(v, Tp)
     out, lse = q.new_empty(B * H, v.shape[-1], Tp), q.new_empty(B * H, Tp)
-    _call(_library().retrieval_forward, [qp, kp, vp], [out, lse], T, min_lag, max_lag)
+    _call(_kernel().retrieval_forward, [qp, kp, vp], [out, lse], T, min_lag, max_lag)
     return _unplanar(out, B, T).contiguous(), lse[:, :T].reshape(B, H, T).contiguous()
 
 
@@ -134,7 +146,7 @@ def small_head_backward(
     lsep = F.pad(lse.reshape(B * H, T), (0, Tp - T)).contiguous()
     delta = (gp * _planar(out, Tp)).sum(dim=1).contiguous()  # (B * H, Tp): dout_t . out_t
     dq, dk, dv = torch.empty_like(qp), torch.empty_like(kp), torch.empty_like(vp)
-    lib = _library()
+    lib = _kernel()
     _call(lib.retrieval_backward_q, [qp, kp, vp, gp, lsep, delta], [dq], T, min_lag, max_lag)
     _call(lib.retrieval_backward_kv, [qp, kp, vp, gp, lsep, delta], [dk, dv], T, min_lag, max_lag)
     return tuple(_unplanar(g, B, T).contiguous() for g in (dq, dk, dv))
