@@ -125,6 +125,20 @@ def test_sharded_checkpoint_resumes_in_two_processes(runs, data):  # noqa: F811
 
 
 @pytest.mark.slow
+def test_unsharded_checkpoint_continues_sharded(runs, data):  # noqa: F811
+    """A one-process checkpoint (its optimiser in state.pt, unsharded) continued by 2 FSDP processes."""
+
+    def resume(run):
+        shutil.rmtree(run)
+        assert cli.main(train_args(data, run, *RUN, "--max-steps", "3")) == 0
+        assert "optimizer" in load_state(run / "last")
+        torchrun(data, run, "--max-steps", "6", "--resume")
+
+    run = resumed(runs, "continued2", resume)
+    assert load_state(run / "last")["sharded"] == SHARDED_DIR
+
+
+@pytest.mark.slow
 def test_fsdp_gpt_follows_one_process(data, tmp_path):  # noqa: F811
     """The GPT baseline sharded the same way (its tied embedding in the root group)."""
     args = ["--model", "gpt", "--max-steps", "3"]

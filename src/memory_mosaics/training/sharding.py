@@ -15,6 +15,7 @@ through the ``blocks`` every model has, so the model code never sees it:
   ``torch.distributed.checkpoint`` (each process writes its shards; a load reshards to any number
   of processes, one included); :func:`consolidated` gathers the full weights on rank 0 for
   ``model.safetensors``, so eval, generate and every other command read the checkpoint unchanged.
+  :func:`load_full_optimizer` continues an unsharded (one-process or DDP) checkpoint sharded.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_optimizer_state_dict,
     set_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
@@ -140,6 +142,20 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, folder: str
     with _one_process_is_fine():
         dcp.load(state, checkpoint_id=str(folder), no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def load_full_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load ``saved``, the ``state_dict()`` of the optimiser of an unsharded run (one process or DDP:
+    parameters numbered in the order of its groups), into the ``optimizer`` of a sharded ``model``
+    built the same way (:func:`~memory_mosaics.training.optim.build_optimizer`): the numbers become
+    parameter names, and each full tensor is sharded as its parameter. Collective."""
+    names = {p: name for name, p in model.named_parameters()}
+    order = [names[p] for group in optimizer.param_groups for p in group["params"]]
+    full = {
+        "state": {order[i]: s for i, s in saved["state"].items()},
+        "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in saved["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
 
 
 @contextmanager

@@ -397,6 +397,8 @@ class Trainer:
     def _restore(self, state: dict[str, Any], ckpt: Path) -> None:
         if state.get("sharded"):  # written with parallel = fsdp, by any number of processes
             sharding.load_sharded(self.model, self.optimizer, ckpt / checkpoints.SHARDED_DIR)
+        elif sharding.is_sharded(self.model):  # an unsharded run continued sharded
+            sharding.load_full_optimizer(self.model, self.optimizer, state["optimizer"])
         else:
             self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
