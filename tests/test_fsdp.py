@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import load_file
 from test_training import data, one_thread, read_metrics, subprocess_env, train_args  # noqa: F401 (fixtures)
 
-from memory_mosaics import cli
+from memory_mosaics import cli, configs
 from memory_mosaics.models import lookup
 from memory_mosaics.training import sharding
 from memory_mosaics.training.checkpoint import SHARDED_DIR, checkpoint_problem, load_state, resolve_checkpoint
+from memory_mosaics.training.config import TrainConfig
 
 # 2 layers (so that there are several FSDP groups), accumulation 2 (FSDP's gradient sync skipped on
 # the first micro-step), no dropout (the streams differ per process), clipping on (a DTensor norm); a
@@ -189,3 +190,13 @@ def test_activation_checkpointing_same_gradients_fewer_saved_activations(kind):
     assert plain.state_dict().keys() == checkpointed.state_dict().keys()  # names unchanged
     block_inputs = 3 * x.numel() * 32 * 4
     assert ckpt_bytes + block_inputs < plain_bytes / 3, (ckpt_bytes, block_inputs, plain_bytes)
+
+
+def test_1b_preset_has_the_parameters_its_comment_states():
+    cfg = TrainConfig.from_file("mosaic-1b")
+    assert (cfg.parallel, cfg.activation_checkpointing, cfg.n_embd, cfg.n_layer) == ("fsdp", True, 2048, 18)
+    with torch.device("meta"):  # no memory: shapes only
+        model = lookup(cfg.model)[1](cfg.model_config(50257))
+    assert model.num_params() == 1_009_070_048
+    text = (Path(configs.__file__).parent / "mosaic-1b.toml").read_text()
+    assert "= 1,009,070,048" in text

@@ -17,7 +17,7 @@ from memory_mosaics.training.metrics import MetricsLog
 
 
 def test_presets_by_name_and_path(tmp_path, monkeypatch):
-    assert configs.names() == ["cpu-d128", "cpu-d256", "paper"]
+    assert configs.names() == ["cpu-d128", "cpu-d256", "mosaic-1b", "paper"]
     monkeypatch.chdir(tmp_path)  # no checkout around: the presets come from the package
     by_name = TrainConfig.from_file("cpu-d128")
     assert (by_name.n_embd, by_name.context, by_name.tokenizer) == (128, 256, "bpe:4096")
@@ -26,7 +26,7 @@ def test_presets_by_name_and_path(tmp_path, monkeypatch):
     own = tmp_path / "cpu-d128.toml"  # a file wins over the preset of the same name
     own.write_text('n_embd = 32\ntrain = "x.txt"\n')
     assert TrainConfig.from_file(str(own)).n_embd == 32
-    with pytest.raises(FileNotFoundError, match="preset name: cpu-d128, cpu-d256, paper"):
+    with pytest.raises(FileNotFoundError, match="preset name: cpu-d128, cpu-d256, mosaic-1b, paper"):
         configs.resolve("cpu-d512")
 
 

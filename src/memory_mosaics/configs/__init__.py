@@ -14,7 +14,7 @@ FOLDER = Path(__file__).parent
 
 
 def names() -> list[str]:
-    """The presets' names: ``["cpu-d128", "cpu-d256", "paper"]``."""
+    """The presets' names: ``["cpu-d128", "cpu-d256", "mosaic-1b", "paper"]``."""
     return sorted(p.stem for p in FOLDER.glob("*.toml"))
 
 
