@@ -11,9 +11,9 @@ fixed test set of every test setting (:mod:`.train`): the argmax accuracy over t
 
 Presets (:mod:`.presets`, docs/mqar.md for the costs):
 
-* ``cpu``: widths 32, 64, 128; 1/25 of Zoology's training examples for one epoch (batches of 32);
-  test settings L/P = 64/16, 128/32, 256/64, 512/128 and Zoology's figure-2 settings 64/4, 128/8,
-  256/16, 512/64, 250 examples each.
+* ``cpu``: widths 32, 64, 128, seeds 0 and 1; 1/25 of Zoology's training examples for one epoch
+  (batches of 32); test settings L/P = 64/16, 128/32, 256/64, 512/128 and Zoology's figure-2
+  settings 64/4, 128/8, 256/16, 512/64, 250 examples each.
 * ``paper``: widths 64 .. 512, Zoology's full mixture (180k examples), 32 epochs of batches of 256,
   1000 test examples per setting. Needs a GPU.
 * ``quick`` (``--quick``): a tiny vocabulary and model (tests).
@@ -53,9 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=("cpu", "paper"),
         default="cpu",
-        help="cpu: widths 32-128, a short budget (about 40 min on 1 thread); paper: Zoology's budget, "
-        "widths 64-512 (GPU). --seeds, --widths, --epochs and --num-test default to the preset's "
-        "(default: %(default)s)",
+        help="cpu: widths 32-128, 2 seeds, a short budget (about 20 min of CPU on one thread); "
+        "paper: Zoology's budget, widths 64-512 (GPU). --seeds, --widths, --epochs and --num-test "
+        "default to the preset's (default: %(default)s)",
     )
     parser.add_argument("--widths", type=int, nargs="+", metavar="D", help="model widths (default: the preset's)")
     parser.add_argument("--epochs", type=int, help="passes over the training mixture (default: the preset's)")

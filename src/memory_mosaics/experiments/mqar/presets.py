@@ -97,7 +97,7 @@ VOCAB = 8192  # Zoology's vocabulary
 # fmt: off
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(
-        widths=[32, 64, 128], seeds=[0],
+        widths=[32, 64, 128], seeds=[0, 1],
         train=TrainSpec(_mixture(25, VOCAB), _tests(VOCAB, HARD + FIGURE2), num_test=250, epochs=1, batch_size=32,
                         lr=0.0, warmup=20),
         lrs={"mosaic": 3e-3, "mosaic_v2": 3e-3, "gpt": 3e-3},
