@@ -22,7 +22,8 @@ from memory_mosaics.training.checkpoint import SHARDED_DIR, checkpoint_problem, 
 from memory_mosaics.training.config import TrainConfig
 
 # 2 layers (so that there are several FSDP groups), accumulation 2 (FSDP's gradient sync skipped on
-# the first micro-step), no dropout (the streams differ per process), clipping on (a DTensor norm); a
+# the first micro-step), no dropout (the streams differ per process), clipping active (gradient norms
+# 0.3-0.4 > 0.2: the norm of sharded gradients, reduced over the processes, scales them); a
 # constant learning rate (lr = min_lr) so that a run of 3 steps is the first half of a run of 6
 RUN = [
     "--n-layer",
@@ -32,7 +33,7 @@ RUN = [
     "--dropout",
     "0",
     "--grad-clip",
-    "0.5",
+    "0.2",
     "--min-lr",
     "1e-2",
     "--warmup",
@@ -84,6 +85,10 @@ def test_fsdp_follows_one_process_and_writes_a_sharded_checkpoint(runs):
     single, fsdp = train_losses(runs / "single"), train_losses(runs / "fsdp")
     assert sorted(fsdp) == [1, 2, 3]
     assert max(abs(fsdp[s] - single[s]) for s in fsdp) < TOL, (fsdp, single)
+    norms = [
+        (a["grad_norm"], b["grad_norm"]) for a, b in zip(read_metrics(runs / "single"), read_metrics(runs / "fsdp"))
+    ]
+    assert len(norms) == 3 and all(a > 0.2 and abs(a - b) < TOL for a, b in norms), norms  # the global norm
     valid_single, valid_fsdp = read_metrics(runs / "single", "valid"), read_metrics(runs / "fsdp", "valid")
     assert [r["step"] for r in valid_fsdp] == [3]
     assert valid_fsdp[0]["loss"] == pytest.approx(valid_single[0]["loss"], abs=TOL)
