@@ -73,7 +73,8 @@ def _mixture(scale: int, vocab: int) -> tuple[tuple[MQARSetting, int], ...]:
     return tuple((MQARSetting(L, P, vocab), n // scale) for L, P, n in counts)
 
 
-def _tests(vocab: int, pairs: tuple[tuple[int, int], ...]) -> tuple[MQARSetting, ...]:
+def mqar_settings(vocab: int, pairs: tuple[tuple[int, int], ...]) -> tuple[MQARSetting, ...]:
+    """One :class:`MQARSetting` per (L, P) of ``pairs``, over ``vocab`` tokens."""
     return tuple(MQARSetting(L, P, vocab) for L, P in pairs)
 
 
@@ -89,29 +90,29 @@ class Preset:
     seeds: list[int]
     train: TrainSpec  # without lr: each model's lr is in ``lrs``
     lrs: dict[str, float]
-    notes: str = ""
 
 
 VOCAB = 8192  # Zoology's vocabulary
+TESTS = mqar_settings(VOCAB, HARD + FIGURE2)  # the test settings of the cpu and paper presets
 
 # fmt: off
 PRESETS: dict[str, Preset] = {
+    # 1/25 of Zoology's training examples, one epoch, 250 test examples per setting
     "cpu": Preset(
         widths=[32, 64, 128], seeds=[0, 1],
-        train=TrainSpec(_mixture(25, VOCAB), _tests(VOCAB, HARD + FIGURE2), num_test=250, epochs=1, batch_size=32,
+        train=TrainSpec(_mixture(25, VOCAB), TESTS, num_test=250, epochs=1, batch_size=32,
                         lr=0.0, warmup=20),
-        lrs={"mosaic": 3e-3, "mosaic_v2": 3e-3, "gpt": 3e-3},
-        notes="1/25 of Zoology's training examples, one epoch, 250 test examples per setting"),
+        lrs={"mosaic": 3e-3, "mosaic_v2": 3e-3, "gpt": 3e-3}),
+    # Zoology's reference mixture (180k examples), 32 epochs of batches of 256, 1000 test examples per setting
     "paper": Preset(
         widths=[64, 128, 256, 512], seeds=[0],
-        train=TrainSpec(_mixture(1, VOCAB), _tests(VOCAB, HARD + FIGURE2), num_test=1000, epochs=32, batch_size=256,
+        train=TrainSpec(_mixture(1, VOCAB), TESTS, num_test=1000, epochs=32, batch_size=256,
                         lr=0.0),
-        lrs={"mosaic": 1e-3, "mosaic_v2": 1e-3, "gpt": 1e-3},
-        notes="Zoology's reference mixture (180k examples), 32 epochs of batches of 256, 1000 test examples"),
+        lrs={"mosaic": 1e-3, "mosaic_v2": 1e-3, "gpt": 1e-3}),
     "quick": Preset(
         widths=[16], seeds=[0],
-        train=TrainSpec(((MQARSetting(16, 2, 64), 64), (MQARSetting(32, 4, 64), 32)), _tests(64, ((16, 2), (32, 8))),
-                        num_test=16, epochs=1, batch_size=16, lr=0.0),
+        train=TrainSpec(((MQARSetting(16, 2, 64), 64), (MQARSetting(32, 4, 64), 32)),
+                        mqar_settings(64, ((16, 2), (32, 8))), num_test=16, epochs=1, batch_size=16, lr=0.0),
         lrs={"mosaic": 1e-3, "mosaic_v2": 1e-3, "gpt": 1e-3}),
 }
 # fmt: on
