@@ -39,6 +39,8 @@ _HELP = {
     "device": "auto, cpu, cuda or cuda:N",
     "dtype": "auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16 or fp16",
     "cache_dir": "token cache root (default $MOSAICS_CACHE_DIR or ~/.cache/memory_mosaics)",
+    "parallel": "several processes: ddp (replicated) or fsdp (weights, gradients, optimiser sharded)",
+    "activation_checkpointing": "recompute each block's activations in backward instead of keeping them",
 }
 
 
