@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .. import experiments
 
-HELP = "reproduce an experiment of the paper (moons, language, regbench)"
+HELP = "reproduce an experiment (moons, regbench, language, mqar) or a study (ablations, sensitivity)"
 
 
 def add_arguments(parser) -> None:
