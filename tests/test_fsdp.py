@@ -103,6 +103,22 @@ def test_fsdp_follows_one_process_and_writes_a_sharded_checkpoint(runs):
     assert not [p for p in (runs / "fsdp").iterdir() if p.name.startswith(".")]  # the staging folder is gone
 
 
+def test_a_damaged_shard_is_named(runs, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(resolve_checkpoint(runs / "fsdp"), ckpt)
+    shard = ckpt / SHARDED_DIR / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-1])
+    assert f"{SHARDED_DIR}/__1_0.distcp has" in checkpoint_problem(ckpt)
+    shard.unlink()
+    assert "__1_0.distcp is missing" in checkpoint_problem(ckpt)
+
+
+def test_unknown_parallel_is_one_line_exit_2(data, tmp_path, capsys):  # noqa: F811
+    assert cli.main(train_args(data, tmp_path / "out", "--parallel", "zero3")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mosaics: error: unknown parallel 'zero3' (--parallel); expected one of ddp, fsdp"
+
+
 def resumed(runs, name, resume):
     """A copy of the 2-process run at step 3, resumed to step 6 by ``resume(run_dir)``; compared with
     the one-process run: the losses of steps 4 to 6 and the final weights."""
