@@ -191,6 +191,8 @@ def test_conversion_both_ways_keeps_weights_and_tokenizer(tmp_path):
     assert is_hf_folder(tmp_path / "hf") and not is_hf_folder(tmp_path / "ckpt")
     assert model.config.eos_token_id == tok.eot_id
     assert load_tokenizer(tmp_path / "hf").encode("the cat") == tok.encode("the cat")
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert auto.encode("the cat sat") == tok.encode("the cat sat") and auto.eos_token_id == tok.eot_id
     back = from_hf(tmp_path / "hf", tmp_path / "back")
     assert sorted(p.name for p in (tmp_path / "back").iterdir()) == [
         "config.json",

@@ -142,3 +142,25 @@ def test_lm_eval_command_line_scores_a_checkpoint(checkpoint, tasks, tmp_path):
     (result,) = (tmp_path / "out").rglob("results_*.json")
     assert 0 <= json.loads(result.read_text())["results"]["mm_choice"]["acc,none"] <= 1
     assert "mm_choice" in run.stdout
+
+
+def test_lm_eval_hf_model_scores_a_converted_folder_with_remote_code(checkpoint, tasks, tmp_path):
+    """The ``lm_eval`` program's own ``hf`` model on ``mosaics convert``'s folder (AutoTokenizer +
+    trust_remote_code): the rolling perplexity equals the ``mosaics`` model's."""
+    from memory_mosaics.hf.convert import to_hf
+
+    to_hf(checkpoint, tmp_path / "hf")
+    program = os.path.join(os.path.dirname(sys.executable), "lm_eval")
+    cmd = [program, "--model", "hf", "--model_args", f"pretrained={tmp_path / 'hf'},trust_remote_code=True"]
+    cmd += ["--tasks", "mm_roll", "--include_path", str(tasks), "--output_path", str(tmp_path / "out")]
+    cmd += ["--device", "cpu", "--batch_size", "2"]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (result,) = (tmp_path / "out").rglob("results_*.json")
+    theirs = json.loads(result.read_text())["results"]["mm_roll"]["word_perplexity,none"]
+    lm = MosaicsLM(str(checkpoint))
+    texts = [json.loads(line)["text"] for line in (tasks / "roll.jsonl").read_text().splitlines()]
+    total = sum(lm.loglikelihood_rolling([request("loglikelihood_rolling", t) for t in texts]))
+    ours = float(torch.exp(torch.tensor(-total / sum(len(t.split()) for t in texts))))
+    assert theirs == pytest.approx(ours, rel=1e-4)

@@ -4,7 +4,8 @@ A package checkpoint is ``config.json`` (the package config) + ``model.safetenso
 names) + ``tokenizer.json``. An HF folder is what ``save_pretrained`` of :mod:`.modeling` writes:
 ``config.json`` (the HF config: the same fields, ``architectures``, ``auto_map``, token ids),
 ``model.safetensors`` (names prefixed ``model.``), ``generation_config.json``, the remote code
-(:mod:`.remote`) and the tokenizer (the GPT-2 ranks file copied in). Both ways keep the weights
+(:mod:`.remote`) and the tokenizer (the GPT-2 ranks file copied in; a BPE tokenizer also for
+``AutoTokenizer``). Both ways keep the weights
 bit for bit.
 """
 
@@ -13,7 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..data.tokenizers import SPEC_FILE, load_tokenizer
+from ..data.corpus import EOT
+from ..data.tokenizers import SPEC_FILE, BPETokenizer, load_tokenizer
 from ..models.registry import load_pretrained
 from .configuration import hf_config
 from .modeling import HF_MODELS
@@ -28,6 +30,19 @@ def _copy_tokenizer(source: Path, target: Path):
     return tokenizer
 
 
+def write_hf_tokenizer(folder: Path, tokenizer) -> None:
+    """Make a BPE ``tokenizer.json`` in ``folder`` loadable by ``AutoTokenizer`` as well (adds
+    ``tokenizer_config.json``; the end-of-text token is eos, bos and pad). Ids are unchanged, except
+    that ``AutoTokenizer`` encodes the text ``<|endoftext|>`` as the special id, where the package's
+    tokenizer encodes it literally. GPT-2 tokenizers (tiktoken ranks) are left as they are."""
+    from transformers import PreTrainedTokenizerFast
+
+    if not isinstance(tokenizer, BPETokenizer):
+        return
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(folder / SPEC_FILE), eos_token=EOT, bos_token=EOT, pad_token=EOT)
+    fast.save_pretrained(folder)
+
+
 def to_hf(checkpoint: str | Path, out: str | Path):
     """Write the HF folder ``out`` of a package checkpoint; returns the HF model."""
     checkpoint, out = Path(checkpoint), Path(out)
@@ -40,7 +55,9 @@ def to_hf(checkpoint: str | Path, out: str | Path):
     )
     model.model.load_state_dict(native.state_dict())
     model.save_pretrained(out)
-    _copy_tokenizer(checkpoint, out)
+    tokenizer = _copy_tokenizer(checkpoint, out)
+    if tokenizer is not None:
+        write_hf_tokenizer(out, tokenizer)
     return model.eval()
 
 
