@@ -81,7 +81,7 @@ def runs(data, tmp_path_factory):  # noqa: F811
     return root
 
 
-def test_fsdp_follows_one_process_and_writes_a_sharded_checkpoint(runs):
+def test_fsdp_follows_one_process_and_writes_a_sharded_checkpoint(runs, data, tmp_path):  # noqa: F811
     single, fsdp = train_losses(runs / "single"), train_losses(runs / "fsdp")
     assert sorted(fsdp) == [1, 2, 3]
     assert max(abs(fsdp[s] - single[s]) for s in fsdp) < TOL, (fsdp, single)
@@ -101,6 +101,10 @@ def test_fsdp_follows_one_process_and_writes_a_sharded_checkpoint(runs):
     listed = json.loads((ckpt / "checkpoint_manifest.json").read_text())["files"]
     assert {f"{SHARDED_DIR}/{name}" for name in shards} <= set(listed)
     assert not [p for p in (runs / "fsdp").iterdir() if p.name.startswith(".")]  # the staging folder is gone
+    # the consolidated weights are the trained model: mosaics eval finds the loss the training measured
+    args = ["--data", data["valid"], "--cache-dir", data["cache"], "--max-windows", "16", "--no-progress"]
+    assert cli.main(["eval", "--checkpoint", str(runs / "fsdp"), *args, "--out", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["loss"] == pytest.approx(valid_fsdp[0]["loss"], abs=TOL)
 
 
 def test_a_damaged_shard_is_named(runs, tmp_path):
