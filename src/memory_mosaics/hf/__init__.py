@@ -9,7 +9,7 @@
 * :mod:`.cache`: ``MosaicCache``, the memories' stored pairs as ``generate``'s cache;
 * :mod:`.hook`: the registration on import; :mod:`.convert`: package checkpoint <-> HF folder (with the
   tokenizer and, for ``trust_remote_code``, the modeling code: :mod:`.remote`); :mod:`.hub`: the Hub;
-* :mod:`.lm_eval`: the ``lm-evaluation-harness`` model ``mosaics``.
+* :mod:`.harness`: the ``lm-evaluation-harness`` model ``mosaics``.
 
 Names are loaded lazily (``memory_mosaics.hf.MosaicForCausalLM``), so importing this package does not
 import ``transformers``.
