@@ -18,7 +18,15 @@ from test_training import data, one_thread, read_metrics, subprocess_env, train_
 from memory_mosaics import cli, configs
 from memory_mosaics.models import lookup
 from memory_mosaics.training import sharding
-from memory_mosaics.training.checkpoint import SHARDED_DIR, checkpoint_problem, load_state, resolve_checkpoint
+from memory_mosaics.training.checkpoint import (
+    SHARDED_DIR,
+    checkpoint_problem,
+    load_state,
+    resolve_checkpoint,
+    save_checkpoint,
+    staging_folder,
+    verify_checkpoint,
+)
 from memory_mosaics.training.config import TrainConfig
 
 # 2 layers (so that there are several FSDP groups), accumulation 2 (FSDP's gradient sync skipped on
@@ -115,6 +123,33 @@ def test_a_damaged_shard_is_named(runs, tmp_path):
     assert f"{SHARDED_DIR}/__1_0.distcp has" in checkpoint_problem(ckpt)
     shard.unlink()
     assert "__1_0.distcp is missing" in checkpoint_problem(ckpt)
+
+
+def test_a_staged_save_is_completed_and_renamed_and_a_repeated_one_dropped(tmp_path):
+    """What every process wrote into the staging folder ends up in the checkpoint, listed in its
+    manifest; saving a step that is already saved and linked leaves it as it is and drops the staging."""
+
+    class Tokenizer:
+        def save(self, folder):
+            (Path(folder) / "tokenizer.json").write_text("{}")
+
+    def save():
+        staged = staging_folder(tmp_path, 4)
+        (staged / SHARDED_DIR).mkdir(parents=True)
+        (staged / SHARDED_DIR / ".metadata").write_bytes(b"index")
+        state = {"step": 4, "sharded": SHARDED_DIR}
+        return save_checkpoint(
+            tmp_path, 4, tiny_model("gpt"), Tokenizer(), TrainConfig(train="x"), state, staged=staged
+        )
+
+    ckpt = save()
+    manifest = json.loads((ckpt / "checkpoint_manifest.json").read_text())
+    assert (ckpt / SHARDED_DIR / ".metadata").read_bytes() == b"index" and f"{SHARDED_DIR}/.metadata" in manifest[
+        "files"
+    ]
+    assert verify_checkpoint(ckpt) is None and (tmp_path / "last").resolve() == ckpt
+    assert save() == ckpt and not staging_folder(tmp_path, 4).exists()
+    assert json.loads((ckpt / "checkpoint_manifest.json").read_text()) == manifest
 
 
 def test_unknown_parallel_is_one_line_exit_2(data, tmp_path, capsys):  # noqa: F811
