@@ -139,3 +139,17 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, flags):
     code = main(["reproduce", "mqar", "--quick", "--out", str(tmp_path), *flags])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("mosaics: error:")
+
+
+def test_summary_over_seeds():
+    from memory_mosaics.experiments.mqar.results import summarise
+
+    run = {"model": "mosaic", "width": 64, "params": 10}
+    runs = [
+        {**run, "seed": 0, "by_setting": {"L64-kv16": 0.5}},
+        {**run, "seed": 1, "by_setting": {"L64-kv16": 0.9}},
+        {**run, "seed": 2, "diverged": "loss is nan at step 3"},
+    ]
+    cell = summarise(runs)["mosaic"]["64"]["L64-kv16"]
+    assert cell["seeds"] == [0, 1] and cell["mean"] == pytest.approx(0.7)
+    assert cell["std"] == pytest.approx(0.4 / 2**0.5) and (cell["min"], cell["max"]) == (0.5, 0.9)

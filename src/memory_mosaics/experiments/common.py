@@ -35,6 +35,7 @@ __all__ = [
     "resolve_device",
     "seed_list",
     "seeds",
+    "spread",
     "usable_cores",
 ]
 
@@ -96,6 +97,14 @@ def add_common_arguments(
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars (default: on)"
     )
     parser.add_argument("--quick", action="store_true", help="a tiny end-to-end run (tests)")
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, standard deviation (ddof 1; 0 for one value), min and max of a non-empty list, e.g. a
+    metric over seeds."""
+    x = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    std = float(x.std(correction=1)) if len(x) > 1 else 0.0
+    return {"mean": float(x.mean()), "std": std, "min": float(x.min()), "max": float(x.max())}
 
 
 def seeds(args: argparse.Namespace) -> list[int]:

@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from ...io import atomic_write_text
+from ..common import spread
 
 KEY = ("model", "width", "seed", "model_spec", "train")  # what makes two runs the same
 
@@ -27,12 +26,8 @@ def summarise(runs: Sequence[dict]) -> dict[str, dict[str, dict[str, dict[str, A
         for width, group in sorted(per_width.items(), key=lambda item: int(item[0])):
             row: dict[str, dict[str, Any]] = {}
             for setting in group[0]["by_setting"]:
-                values = np.array([r["by_setting"][setting] for r in group], dtype=float)
                 row[setting] = {
-                    "mean": float(values.mean()),
-                    "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                    "min": float(values.min()),
-                    "max": float(values.max()),
+                    **spread([r["by_setting"][setting] for r in group]),
                     "seeds": sorted(r["seed"] for r in group),
                     "params": group[0]["params"],
                 }

@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from ...io import atomic_write_text
+from ..common import spread
 
 
 def summarise(runs: Sequence[dict]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -27,11 +26,7 @@ def summarise(runs: Sequence[dict]) -> dict[str, dict[str, dict[str, Any]]]:
         for n, group in sorted(per_n.items(), key=lambda item: int(item[0])):
             row: dict[str, Any] = {"seeds": sorted(r["seed"] for r in group), "params": group[0]["params"]}
             for key in ("accuracy", "tvd", "best_val_loss", "train_time_s"):
-                values = np.array([r[key] for r in group], dtype=float)
-                row[f"{key}_mean"] = float(values.mean())
-                row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-                row[f"{key}_min"] = float(values.min())
-                row[f"{key}_max"] = float(values.max())
+                row |= {f"{key}_{stat}": v for stat, v in spread([r[key] for r in group]).items()}
             out[kind][n] = row
     return out
 
