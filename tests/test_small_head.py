@@ -176,10 +176,12 @@ def test_planted_library_is_never_loaded(tmp_path, monkeypatch):
     assert lib is not None and not marker.exists()
     assert target.read_bytes() != plant  # replaced by a fresh build
     # A planted library with a forged record is refused too when its symbols are missing: a warning, no crash.
-    target.write_bytes(plant)
-    target.with_name(target.name + ".sha256").write_text(hashlib.sha256(plant).hexdigest())
+    # (In a fresh folder: overwriting the loaded library in place would crash this process, SIGBUS.)
     other = tmp_path / "other"
-    shutil.copytree(cache, other)
+    other.mkdir(mode=0o700)
+    forged = other / target.name
+    forged.write_bytes(plant)
+    forged.with_name(forged.name + ".sha256").write_text(hashlib.sha256(plant).hexdigest())
     lib, messages = _load(other, monkeypatch)
     assert lib is None and any("unavailable" in m for m in messages)
 
