@@ -1,7 +1,8 @@
 """Compiling and loading the package's C kernels safely (``csrc/*.c`` -> a cached shared library).
 
 A kernel's C file is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
-the cache folder ``$MEMORY_MOSAICS_CACHE`` (default ``~/.cache/memory_mosaics``), under a name keyed
+the cache folder ``$MEMORY_MOSAICS_CACHE`` (default ``~/.cache/memory_mosaics/kernels``: a folder of its
+own, apart from the data caches that a group-writable umask may leave writable by others), under a name keyed
 by the source, the compiler, the flags and the CPU. Loading a shared library runs its code, so:
 
 * the cache folder is created with mode 0700; a folder owned by another user, or writable by its
@@ -40,8 +41,8 @@ class NativeError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """``$MEMORY_MOSAICS_CACHE``, else ``~/.cache/memory_mosaics``."""
-    return Path(os.environ.get("MEMORY_MOSAICS_CACHE") or Path.home() / ".cache" / "memory_mosaics")
+    """``$MEMORY_MOSAICS_CACHE``, else ``~/.cache/memory_mosaics/kernels``."""
+    return Path(os.environ.get("MEMORY_MOSAICS_CACHE") or Path.home() / ".cache" / "memory_mosaics" / "kernels")
 
 
 def secure_dir(path: Path) -> Path:
