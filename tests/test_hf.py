@@ -300,3 +300,14 @@ def test_a_package_checkpoint_loads_directly_with_auto_model(tmp_path):
     idx = torch.randint(0, V, (2, 20))
     with torch.no_grad():
         assert (model(idx).logits - lm(idx)).abs().max().item() < 1e-5
+
+
+def test_beam_search_on_left_padded_prompts_of_different_lengths_equals_one_by_one(saved):
+    _, folder = saved["mosaic"]
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    rows = [torch.randint(1, V, (n,)) for n in (3, 8)]
+    idx, mask = left_pad(rows)
+    kw = dict(max_new_tokens=5, num_beams=3, do_sample=False, pad_token_id=0)
+    out = model.generate(idx, attention_mask=mask, **kw)
+    for i, r in enumerate(rows):
+        assert torch.equal(out[i, idx.shape[1] :], model.generate(r[None], **kw)[0, len(r) :]), i
