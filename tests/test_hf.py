@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -311,3 +312,29 @@ def test_beam_search_on_left_padded_prompts_of_different_lengths_equals_one_by_o
     out = model.generate(idx, attention_mask=mask, **kw)
     for i, r in enumerate(rows):
         assert torch.equal(out[i, idx.shape[1] :], model.generate(r[None], **kw)[0, len(r) :]), i
+
+
+def test_push_to_hub_uploads_an_hf_folder_of_a_package_checkpoint(tmp_path, monkeypatch):
+    """No network: HfApi is replaced by a recorder of what would be uploaded."""
+    import huggingface_hub
+
+    from memory_mosaics.hf import hub
+
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, repo_id, folder_path):
+            uploaded[repo_id] = sorted(p.name for p in Path(folder_path).iterdir())
+            uploaded["config"] = json.loads((Path(folder_path) / "config.json").read_text())
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    native("mosaic").save_pretrained(tmp_path / "ckpt")
+    assert hub.push_to_hub(tmp_path / "ckpt", "me/mosaic") == "https://huggingface.co/me/mosaic"
+    assert {"config.json", "model.safetensors", "modeling_mosaics.py"} <= set(uploaded["me/mosaic"])
+    assert uploaded["config"]["auto_map"]["AutoModelForCausalLM"] == "modeling_mosaics.MosaicForCausalLM"
