@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -18,3 +20,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _environment():
+    """Every test starts from the same environment variables: a test (or an in-process ``main()``,
+    which sets MOSAICS_SHARED_DATA for its workers) cannot leak one into the next."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

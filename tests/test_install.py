@@ -65,12 +65,13 @@ def test_no_default_shared_data_outside_a_checkout(tmp_path, monkeypatch):
 
 
 def test_shared_data_flag_sets_the_folder(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("MOSAICS_SHARED_DATA", raising=False)
+    # main() sets the variable for its workers: setenv first so that teardown restores the original
+    monkeypatch.setenv("MOSAICS_SHARED_DATA", "unset by the test")
+    monkeypatch.delenv("MOSAICS_SHARED_DATA")
     args = ["train", "--data", "shared:corpus.txt", "--out", str(tmp_path / "run"), "--max-steps", "1"]
     assert main(["--shared-data", str(tmp_path / "data"), *args]) == 2
     err = capsys.readouterr().err
     assert f"MOSAICS_SHARED_DATA={tmp_path / 'data'} is not a folder" in err
-    monkeypatch.delenv("MOSAICS_SHARED_DATA", raising=False)  # main() set it for its workers
 
 
 def test_missing_tensorboard_warns(tmp_path, monkeypatch):
