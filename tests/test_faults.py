@@ -439,11 +439,19 @@ def _assert_bit_identical(a, b) -> None:
 KILLS = 20
 
 
+def _wait(child, done, timeout: float = 10.0) -> None:
+    """Poll every 1 ms until ``done()``, the child's end or ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done() and child.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def test_random_sigkills_resume_bit_identical(corpus, tmp_path, forkserver):
-    """SIGKILL a training 20 times at random moments (during start-up, steps, metrics and checkpoint
-    writes), resuming each time; every checkpoint stays readable and the final weights and optimiser
-    state equal those of an uninterrupted run, bit for bit."""
-    steps = 60
+    """SIGKILL a training 20 times at random moments (during start-up, right after a step's metrics
+    row, inside a checkpoint write, just after a checkpoint's rename), resuming each time; every
+    checkpoint stays readable and the final weights and optimiser state equal those of an
+    uninterrupted run, bit for bit."""
+    steps = 80
     args = [
         *_tiny_train_args(corpus, "OUT"),
         "--max-steps",
@@ -463,15 +471,18 @@ def test_random_sigkills_resume_bit_identical(corpus, tmp_path, forkserver):
     rng = random.Random(0)
     kills = 0
     while kills < KILLS:
+        last = _last_logged_step(out)
         child = _start(forkserver, argv, log)
-        if rng.random() < 0.25:  # during start-up: lock, sweep, resume, data
-            time.sleep(rng.uniform(0.0, 0.3))
-        else:  # a few steps on, then at a random moment of the step's logging or checkpoint write
-            target = _last_logged_step(out) + rng.randint(1, 3)
-            deadline = time.monotonic() + 10
-            while _last_logged_step(out) < target and child.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.002)
-            time.sleep(rng.uniform(0.0, 0.03))
+        moment = rng.choice(["start-up", "logged", "checkpoint write", "checkpoint renamed"])
+        if moment == "start-up":  # lock, sweep, resume, data: a random time, but before any new step
+            _wait(child, lambda: _last_logged_step(out) > last, rng.uniform(0.0, 0.3))
+        else:  # 1-3 steps on (whatever the machine's speed, so the run never ends before 20 kills), then
+            target = last + rng.randint(1, 3)  # right after the step's log row, inside its checkpoint write
+            _wait(child, lambda: _last_logged_step(out) >= target)  # (a .tmp-ckpt folder exists), or just
+            if moment != "logged":  # after the checkpoint's rename (links and retention under way)
+                prefix = ".tmp-ckpt-" if moment == "checkpoint write" else f"ckpt-{target + target % 2:08d}"
+                _wait(child, lambda: any(p.name.startswith(prefix) for p in out.iterdir()), 2.0)
+            time.sleep(rng.uniform(0.0, 0.005))
         assert child.is_alive(), f"the training ended before kill {kills + 1}: {log.read_text()[-2000:]}"
         child.kill()
         child.join()
