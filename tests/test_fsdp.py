@@ -57,10 +57,14 @@ TOL = 1e-5  # fp32; FSDP reduces gradients in another order than one process sum
 
 
 def torchrun(data, out, *extra):  # noqa: F811
-    """``mosaics train`` in 2 gloo processes (one retry: torchrun's rendezvous can fail transiently)."""
+    """``mosaics train`` in 2 gloo processes (one retry: torchrun's rendezvous can fail transiently; a
+    new run starts again from nothing, a resumed one resumes again)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "memory_mosaics.cli", *train_args(data, out, *RUN, "--parallel", "fsdp", *extra)]
+    fresh = not Path(out).exists()
     for _ in range(2):
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
         done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
         if done.returncode == 0:
             return done
