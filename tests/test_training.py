@@ -16,7 +16,7 @@ import torch
 from helpers import tiny_train_config
 from safetensors.torch import load_file
 
-from memory_mosaics import cli
+from memory_mosaics import cli, configs
 from memory_mosaics.training.checkpoint import load_state, resolve_checkpoint
 from memory_mosaics.training.config import TrainConfig
 from memory_mosaics.training.trainer import Trainer
@@ -300,9 +300,7 @@ def test_config_resolution_order(tmp_path):
         TrainConfig.from_dict({"n_layer": "two"})
 
 
-@pytest.mark.parametrize(
-    "preset", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")), ids=lambda p: p.name
-)
+@pytest.mark.parametrize("preset", configs.names())
 def test_presets_load(preset):
     cfg = TrainConfig.from_file(preset)
     assert cfg.train.startswith("shared:") and cfg.batch_size % cfg.grad_accum == 0

@@ -4,6 +4,9 @@ buffer that holds a memory's stored pairs or a transformer's KV cache during dec
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -54,3 +57,18 @@ class GrowingBuffer:
         """Stored entries [start, stop) as a (B, H, stop - start, D) view."""
         stop = self.length if stop is None else min(stop, self.length)
         return self._data[:, :, start:stop]
+
+
+def frozen(module: nn.Module, name: str, compute: Callable[[], Tensor]) -> Tensor:
+    """``compute()``, a function of ``module``'s own parameters and buffers, memoised under ``name``
+    while no autograd graph is recorded and none of them changed (same storage, same version
+    counter): decoding computes its per-head transforms (decays, bandwidths, scales) once, not at
+    every token. With gradients enabled, or while compiling, it simply calls ``compute()``."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return compute()
+    key = tuple((t.data_ptr(), t._version) for t in (*module.parameters(False), *module.buffers(False)))
+    cache = module.__dict__.setdefault("_frozen", {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        hit = cache[name] = (key, compute())
+    return hit[1]

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..common import frozen
 from .extractors import EXP_SCALE, per_head_scalars
 
 
@@ -43,8 +44,8 @@ class LearnedBandwidth(nn.Module):
         self.cap = cap
 
     def forward(self, n: Tensor) -> Tensor:
-        s = torch.exp(torch.clamp(EXP_SCALE * self.theta, max=self.cap))
-        return (s**2)[:, None].expand(-1, n.shape[0])
+        beta = frozen(self, "beta", lambda: torch.exp(torch.clamp(EXP_SCALE * self.theta, max=self.cap))[:, None] ** 2)
+        return beta.expand(-1, n.shape[0])
 
 
 class AdaptiveBandwidth(nn.Module):

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..common import split_heads
+from ..common import frozen, split_heads
 from ..ops.leaky_average import leaky_average
 from ..ops.peek import peek_mix, peek_value
 
@@ -65,7 +65,7 @@ class LeakyAverageKey(nn.Module):
 
     def log_decay(self) -> Tensor:
         """log lambda_h, shape (1, H, 1)."""
-        return (-EXP_SCALE * self.theta.abs()).view(1, -1, 1)
+        return frozen(self, "log_decay", lambda: (-EXP_SCALE * self.theta.abs()).view(1, -1, 1))
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         kbar = leaky_average(split_heads(self.proj(x), self.n_head), self.log_decay(), state)
@@ -121,7 +121,7 @@ class PeekValue(nn.Module):
 
     def alpha(self) -> Tensor | None:
         """alpha_h = exp(10 theta_h), (H,); None without normalisation."""
-        return (EXP_SCALE * self.theta).exp() if self.normalize else None
+        return frozen(self, "alpha", lambda: (EXP_SCALE * self.theta).exp()) if self.normalize else None
 
     def mix(self, v_now: Tensor, v_next: Tensor) -> Tensor:
         """v_t from v~_t and v~_{t+1}, both (B, H, T, Dh) (one decoding step)."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..common import merge_heads
+from ..common import frozen, merge_heads
 from ..ops.retrieval import memory_readout
 from .extractors import EXP_SCALE, inverse_norm
 
@@ -56,7 +56,7 @@ class PersistentMemory(nn.Module):
     def _forward(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
         q, key_state = self._queries(x, key_state)
         p = self.attn_dropout if self.training else 0.0
-        alpha = (EXP_SCALE * self.theta).exp().view(1, -1, 1, 1)
+        alpha = frozen(self, "alpha", lambda: (EXP_SCALE * self.theta).exp().view(1, -1, 1, 1))
         y = alpha * memory_readout(q, self.kappa, self.u, dropout_p=p)
         return self.resid_dropout(self.c_proj(merge_heads(y))), key_state
 
