@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=device,
         amp_dtype=amp_dtype(args.dtype, device),
+        progress=not args.no_progress,
     )
     result = {
         **result,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data.tokenized import TokenizedCorpus
 from ..plotting import pyplot
@@ -34,19 +35,30 @@ def position_loss_sums(
     amp_dtype: torch.dtype | None = None,
     rank: int = 0,
     world_size: int = 1,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """Sum over windows of the loss at each position, (context,) float64, and the number of windows.
 
     ``amp_dtype`` (bf16/fp16) runs the forward pass under autocast. With ``world_size`` > 1 this
-    process takes every ``world_size``-th batch, starting at ``rank``.
+    process takes every ``world_size``-th batch, starting at ``rank``. ``progress``: a progress bar
+    over the batches (long evaluations).
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
     sums = torch.zeros(context, dtype=torch.float64, device=device)
     count = 0
+    windows = min(corpus.num_eval_windows(context), max_windows or math.inf)
+    batches = tqdm(
+        corpus.eval_windows(context, max_windows or None, batch_size),
+        total=math.ceil(windows / batch_size),
+        desc="evaluating",
+        unit="batch",
+        disable=not progress,
+        mininterval=2,
+    )
     try:
-        for i, (x, y) in enumerate(corpus.eval_windows(context, max_windows or None, batch_size)):
+        for i, (x, y) in enumerate(batches):
             if i % world_size != rank:
                 continue
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -56,6 +68,7 @@ def position_loss_sums(
             sums += loss.sum(0).double()
             count += x.shape[0]
     finally:
+        batches.close()
         model.train(was_training)
     return sums, count
 
