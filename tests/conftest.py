@@ -30,3 +30,21 @@ def _environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared CPU: one thread is faster than several and makes timings stable
+    (a module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A folder with ``c.txt``: 200 short documents for tiny trainings."""
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "c.txt").write_text("\n\n".join(f"the cat {i} sat on the mat by the door" for i in range(200)))
+    return d

@@ -31,20 +31,7 @@ from memory_mosaics.training import checkpoint as ckpt_mod
 from memory_mosaics.training.checkpoint import checkpoint_problem, load_state
 from memory_mosaics.training.trainer import Trainer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    (d / "c.txt").write_text("\n\n".join(f"the cat {i} sat on the mat by the door" for i in range(200)))
-    return d
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
