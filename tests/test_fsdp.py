@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import data, one_thread, read_metrics, subprocess_env, train_args  # noqa: F401 (fixtures)
+from test_training import data, read_metrics, subprocess_env, train_args  # noqa: F401 (fixtures)
 
 from memory_mosaics import cli, configs
 from memory_mosaics.models import lookup
@@ -28,6 +28,8 @@ from memory_mosaics.training.checkpoint import (
     verify_checkpoint,
 )
 from memory_mosaics.training.config import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)
 
 # 2 layers (so that there are several FSDP groups), accumulation 2 (FSDP's gradient sync skipped on
 # the first micro-step), no dropout (the streams differ per process), clipping active (gradient norms
