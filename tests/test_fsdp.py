@@ -6,14 +6,13 @@ checkpoint written by 2 processes must resume in 1 and in 2 processes to the sam
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import data, read_metrics, subprocess_env, train_args  # noqa: F401 (fixtures)
+from test_training import data, read_metrics, run_process_group, subprocess_env, train_args  # noqa: F401 (fixtures)
 
 from memory_mosaics import cli, configs
 from memory_mosaics.models import lookup
@@ -67,7 +66,7 @@ def torchrun(data, out, *extra):  # noqa: F811
     for _ in range(2):
         if fresh:
             shutil.rmtree(out, ignore_errors=True)
-        done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        done = run_process_group(cmd, timeout=300)
         if done.returncode == 0:
             return done
     raise AssertionError(done.stderr[-3000:])

@@ -91,6 +91,21 @@ def subprocess_env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
+def run_process_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (e.g. torchrun and its workers) in its own session; past ``timeout`` seconds, kill
+    the whole session, workers included, and return exit status -9 (no orphan outlives the test)."""
+    proc = subprocess.Popen(
+        cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += f"\n(killed after {timeout} s)"
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 @pytest.fixture(scope="module")
 def mosaic_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("mosaic_run")
@@ -204,7 +219,7 @@ def test_two_process_ddp_matches_one_process(data, tmp_path):
     ]
     for _ in range(2):  # one retry: torchrun's rendezvous can fail transiently; the numbers below are strict
         shutil.rmtree(ddp, ignore_errors=True)
-        done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+        done = run_process_group(cmd, timeout=180)
         if done.returncode == 0:
             break
     assert done.returncode == 0, done.stderr[-3000:]

@@ -15,6 +15,7 @@ sharded (FSDP2), and checkpoints carry the sharded state, by :mod:`.sharding`.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import shutil
@@ -74,6 +75,7 @@ class Trainer:
     ):
         cfg = self.cfg = config
         self.out = Path(out_dir)
+        self.finished = False  # fit() ran to max_steps
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.dist = d = distributed.init(cfg.device)
@@ -302,6 +304,7 @@ class Trainer:
             tokens_per_s=tokens_done / train_time if train_time else None,
             checkpoint=str(checkpoints.latest_checkpoint(self.out)) if self.dist.is_main else None,
         )
+        self.finished = True
         return summary
 
     def evaluate(self) -> dict[str, Any]:
@@ -418,5 +421,13 @@ class Trainer:
             torch.manual_seed(self.cfg.seed + 1 + rank + self.step * world)
 
     def close(self) -> None:
+        """Release the run's lock and leave the process group. After a finished ``fit`` every
+        process first waits for the others; DDP's reducer, which holds the group, is dropped before
+        the group is destroyed (destroyed later, at interpreter exit, gloo could wait forever for a
+        peer that has already gone)."""
         self._release_lock()
+        if self.finished:
+            distributed.barrier()
+        self.ddp = self.train_model = None
+        gc.collect()
         distributed.shutdown()
