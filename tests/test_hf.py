@@ -234,7 +234,7 @@ def test_trust_remote_code_folder_loads_without_the_package(saved, tmp_path):
         import torch
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True)
-        ref = torch.load({str(tmp_path / "ref.pt")!r})
+        ref = torch.load({str(tmp_path / "ref.pt")!r}, weights_only=True)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         with torch.no_grad():
             diff = (model(ref["idx"]).logits - ref["logits"]).abs().max().item()

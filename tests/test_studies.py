@@ -81,6 +81,8 @@ def test_ablations_quick_end_to_end_and_resume(tmp_path, capsys):
     table = (out / "ablations.md").read_text().splitlines()
     assert len(table) == 4 and table[3].startswith("| value peek | off")
     capsys.readouterr()
+    assert main(argv) == 2  # an earlier study's record is never overwritten without --resume
+    assert "pass --resume" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0
     assert "2 jobs reused, 0 to run" in capsys.readouterr().out
     (out / "ablations.md").unlink()

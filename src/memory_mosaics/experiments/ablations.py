@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     header = {"experiment": EXPERIMENT, "quick": args.quick, "ablations": {k: list(v) for k, v in ABLATIONS.items()}}
-    study = Study(out, header, args.resume)
+    study = Study(out, header, args.resume, args.replot)
     runs = study.replot() if args.replot else study.run(jobs(args), args)
     rows = summarise(runs, ("probe", "ablation"), ("accuracy", "tvd"))
     study.data["summary"] = rows

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     header = {"experiment": EXPERIMENT, "quick": args.quick, "lr_factors": args.lr_factors}
-    study = Study(out, {**header, "weight_decays": args.weight_decays}, args.resume)
+    study = Study(out, {**header, "weight_decays": args.weight_decays}, args.resume, args.replot)
     if args.replot:
         runs = study.replot()
     else:

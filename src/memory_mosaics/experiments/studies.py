@@ -41,12 +41,16 @@ class Study:
     """The jobs of a study and their record. A job is a dict with ``probe``, ``kind``, ``overrides``,
     ``seed`` and any labels (e.g. ``ablation``); its record adds the probe's scores."""
 
-    def __init__(self, out: Path, header: dict[str, Any], resume: bool):
+    def __init__(self, out: Path, header: dict[str, Any], resume: bool, replot: bool = False):
         self.path = out / "results.json"
         self.data: dict[str, Any] = {**header, "runs": []}
         self.previous: dict[str, dict] = {}
         if resume and self.path.is_file():
             self.previous = {r["key"]: r for r in self.read_runs(self.path)}
+        elif self.path.exists() and not replot:  # never overwrite an earlier study's record
+            raise ValueError(
+                f"{self.path} holds an earlier study's results: pass --resume to reuse them, or another --out"
+            )
 
     @staticmethod
     def read_runs(path: Path) -> list[dict]:

@@ -6,12 +6,14 @@ Both are stateless, so decoding is the forward. At the hidden sizes :class:`Mosa
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 
-class FeedForward(nn.Module):
+class FeedForward(nn.Module, ABC):
     """Base: ``c_proj(hidden(x))`` with residual dropout; subclasses define ``hidden``."""
 
     def __init__(self, proj: nn.Module, resid_dropout: float = 0.0):
@@ -19,8 +21,9 @@ class FeedForward(nn.Module):
         self.c_proj = proj
         self.resid_dropout = nn.Dropout(resid_dropout)
 
+    @abstractmethod
     def hidden(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """x (B, T, d) -> the hidden activations (B, T, hidden)."""
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, T, d) -> (B, T, d_out)."""
