@@ -1,13 +1,17 @@
-"""Paper-configuration training throughput and model FLOPs utilisation on a GPU (issue 15, item 7).
+"""Paper-configuration training throughput and model FLOPs utilisation on a GPU (issues 15 and 11).
 
-    python benchmarks/bench_gpu_paper.py [--depths 1 12] [--micro-batch 32] [--steps 10]
-                                         [--modes eager compile] [--budget-s 150] [--out FILE.json]
+    python benchmarks/bench_gpu_paper.py [--depths 1 12] [--contexts 512] [--tokens 16384] [--steps 10]
+                                         [--modes eager compile] [--dropout authors|off]
+                                         [--profile DIR] [--budget-s 150] [--out FILE.json]
 
-For each depth, mode (eager, ``torch.compile``) and model (Mosaic, GPT-2) of the paper's size (d 768,
-12 heads, context 512, vocabulary 50304, the Mosaic with P-mem 2688 and the authors' dropouts, GPT-2
-with dropout 0.05) it times forward + backward + AdamW steps under bf16 autocast on a micro-batch of
-``--micro-batch`` sequences (the paper preset's 32 per forward pass) of random tokens, and prints
-tokens/s, peak memory and MFU. Model FLOPs per token (nanoGPT's convention): 6 N + 12 L d T, N the
+For each context, depth, mode (eager, ``torch.compile``) and model (Mosaic, GPT-2) of the paper's
+size (d 768, 12 heads, vocabulary 50304, the Mosaic with P-mem 2688) it times forward + backward +
+AdamW steps under bf16 autocast on ``--tokens`` tokens per step (micro-batch = tokens / context; the
+default is the paper preset's 32 sequences of 512) of random tokens, and prints tokens/s, peak
+memory and MFU. ``--dropout authors``: the Mosaic with the authors' dropouts (residual 0.05, P-mem
+retrieval 0.05), GPT-2 with 0.05; ``off``: none. ``--profile DIR`` profiles two more steps of each
+configuration with ``torch.profiler`` and writes the kernels that took the most GPU time to
+``DIR/<model>-<depth>-<mode>-T<context>.txt``. Model FLOPs per token (nanoGPT's convention): 6 N + 12 L d T, N the
 parameters that take part in matrix products (the tied embedding counted once, as the output
 layer; GPT-2's position table excluded), the second term the T x T retrieval/attention products; the
 P-mem's retrieval is in 6 N through its banks. MFU divides by the GPU's dense bf16 peak
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -28,28 +33,57 @@ import torch
 from memory_mosaics import GPTLM, GPTConfig, MosaicConfig, MosaicLM
 
 PAPER = dict(vocab_size=50304, n_head=12, n_embd=768)
-CONTEXT = 512
 
 
-def build(kind: str, depth: int) -> torch.nn.Module:
+def build(kind: str, depth: int, context: int, dropout: float) -> torch.nn.Module:
     if kind == "mosaic":
-        return MosaicLM(MosaicConfig(**PAPER, n_layer=depth, dropout=0.05, attn_dropout=0.0, pmem_attn_dropout=0.05))
-    return GPTLM(GPTConfig(**PAPER, n_layer=depth, block_size=CONTEXT, dropout=0.05))
+        return MosaicLM(
+            MosaicConfig(**PAPER, n_layer=depth, dropout=dropout, attn_dropout=0.0, pmem_attn_dropout=dropout)
+        )
+    return GPTLM(GPTConfig(**PAPER, n_layer=depth, block_size=context, dropout=dropout))
 
 
-def flops_per_token(model: torch.nn.Module, kind: str, depth: int) -> float:
+def flops_per_token(model: torch.nn.Module, kind: str, depth: int, context: int) -> float:
     n = model.num_params()
     if kind == "gpt":
         n -= model.wpe.weight.numel()
-    return 6 * n + 12 * depth * PAPER["n_embd"] * CONTEXT
+    return 6 * n + 12 * depth * PAPER["n_embd"] * context
 
 
-def measure(kind: str, depth: int, mode: str, micro_batch: int, steps: int, peak_tflops: float) -> dict:
+def profile(step, path: str, rows: int = 30) -> None:
+    """Two profiled steps; the ``rows`` kernels with the most GPU time, as a table, to ``path``."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    averages = prof.key_averages()
+    try:
+        table = averages.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=90)
+    except (AttributeError, KeyError):  # torch before the "device" names
+        table = averages.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=90)
+    with open(path, "w") as f:
+        f.write(table)
+
+
+def measure(
+    kind: str,
+    depth: int,
+    mode: str,
+    context: int,
+    micro_batch: int,
+    dropout: float,
+    steps: int,
+    peak_tflops: float,
+    profile_dir: str | None = None,
+) -> dict:
     torch.manual_seed(0)
-    model = build(kind, depth).cuda().train()
+    model = build(kind, depth, context, dropout).cuda().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
     fwd = torch.compile(model) if mode == "compile" else model
-    idx = torch.randint(0, PAPER["vocab_size"], (micro_batch, CONTEXT + 1), device="cuda")
+    idx = torch.randint(0, PAPER["vocab_size"], (micro_batch, context + 1), device="cuda")
     torch.cuda.reset_peak_memory_stats()
 
     def step() -> float:
@@ -71,20 +105,28 @@ def measure(kind: str, depth: int, mode: str, micro_batch: int, steps: int, peak
         step()  # .item() synchronises
         times.append(time.perf_counter() - t0)
     dt = statistics.median(times)
-    tokens_per_s = micro_batch * CONTEXT / dt
-    flops = flops_per_token(model, kind, depth)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    if profile_dir:
+        os.makedirs(profile_dir, exist_ok=True)
+        try:
+            profile(step, os.path.join(profile_dir, f"{kind}-{depth}-{mode}-T{context}.txt"))
+        except Exception as err:  # a failed profile must not lose the measurement
+            print(f"profile failed: {err!r}"[:300], flush=True)
+    tokens_per_s = micro_batch * context / dt
+    flops = flops_per_token(model, kind, depth, context)
     return {
         "model": kind,
         "depth": depth,
         "mode": mode,
         "micro_batch": micro_batch,
-        "context": CONTEXT,
+        "context": context,
+        "dropout": dropout,
         "params": model.num_params(),
         "step_ms": dt * 1e3,
         "tokens_per_s": tokens_per_s,
         "model_tflops": flops * tokens_per_s / 1e12,
         "mfu": flops * tokens_per_s / (peak_tflops * 1e12),
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_memory_gib": peak,
         "warmup_s": warmup_s,
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
@@ -95,7 +137,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--depths", type=int, nargs="+", default=[1, 12])
     p.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
-    p.add_argument("--micro-batch", type=int, default=32)
+    p.add_argument("--contexts", type=int, nargs="+", default=[512])
+    p.add_argument("--tokens", type=int, default=16384, help="tokens per step: micro-batch = tokens / context")
+    p.add_argument("--dropout", choices=["authors", "off"], default="authors")
+    p.add_argument("--profile", metavar="DIR", help="profile each configuration; kernel tables to DIR")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--budget-s", type=float, default=150.0, help="start no configuration after this many seconds")
@@ -104,28 +149,32 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu_paper.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
+    dropout = 0.05 if args.dropout == "authors" else 0.0
     start, results = time.time(), []
-    for mode in args.modes:
-        for depth in args.depths:
-            for kind in ("mosaic", "gpt"):
-                if time.time() - start > args.budget_s:
-                    print(f"budget reached: skipping {kind} depth {depth} {mode}", flush=True)
-                    continue
-                try:
-                    r = measure(kind, depth, mode, args.micro_batch, args.steps, args.peak_tflops)
-                except Exception as err:  # keep measuring the other configurations; record why this one failed
-                    results.append({"model": kind, "depth": depth, "mode": mode, "error": repr(err)[:500]})
-                    print(f"{mode:8s} depth {depth:2d} {kind:6s} failed: {err!r}"[:300], flush=True)
-                    continue
-                results.append(r)
-                print(
-                    f"{mode:8s} depth {depth:2d} {kind:6s} {r['step_ms']:8.1f} ms/step {r['tokens_per_s']:10.0f} tok/s "
-                    f"{r['model_tflops']:6.1f} TFLOP/s  MFU {r['mfu']:.3f}  peak {r['peak_memory_gib']:.1f} GiB",
-                    flush=True,
-                )
-                with open(args.out, "w") as f:
-                    json.dump(results, f, indent=1)
-                torch.cuda.empty_cache()
+    configurations = [
+        (c, m, d, k) for c in args.contexts for m in args.modes for d in args.depths for k in ("mosaic", "gpt")
+    ]
+    for context, mode, depth, kind in configurations:
+        name = f"T {context:5d} {mode:8s} depth {depth:2d} {kind:6s}"
+        if time.time() - start > args.budget_s:
+            print(f"budget reached: skipping {name}", flush=True)
+            continue
+        micro_batch = max(1, args.tokens // context)
+        try:
+            r = measure(kind, depth, mode, context, micro_batch, dropout, args.steps, args.peak_tflops, args.profile)
+        except Exception as err:  # keep measuring the other configurations; record why this one failed
+            results.append({"model": kind, "depth": depth, "mode": mode, "context": context, "error": repr(err)[:500]})
+            print(f"{name} failed: {err!r}"[:300], flush=True)
+            continue
+        results.append(r)
+        print(
+            f"{name} {r['step_ms']:8.1f} ms/step {r['tokens_per_s']:10.0f} tok/s "
+            f"{r['model_tflops']:6.1f} TFLOP/s  MFU {r['mfu']:.3f}  peak {r['peak_memory_gib']:.1f} GiB",
+            flush=True,
+        )
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -126,19 +126,19 @@ class LeakyAverage(torch.autograd.Function):
     """:func:`leaky_average_chunked` with the backward of the module docstring (saves kbar only)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, log_decay: Tensor, state: Tensor | None) -> Tensor:
-        kbar = leaky_average_chunked(x, log_decay, state)
-        ctx.decay_shape = log_decay.shape
+    def forward(ctx, x: Tensor, log_decay: Tensor, state: Tensor | None, chunk: int = DEFAULT_CHUNK) -> Tensor:
+        kbar = leaky_average_chunked(x, log_decay, state, chunk)
+        ctx.decay_shape, ctx.chunk = log_decay.shape, chunk
         ctx.save_for_backward(kbar, log_decay, state)
         return kbar
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         kbar, log_decay, state = ctx.saved_tensors
         logd = _broadcast_decay(kbar, log_decay)  # (B, H, T)
         # g~ is a leaky average of g in reversed time, where step u = T-1-t decays by lambda_{t+1}
         reversed_decay = torch.nn.functional.pad(logd[..., 1:], (0, 1)).flip(-1)
-        g = leaky_average_chunked(grad.flip(2), reversed_decay).flip(2)  # g~, (B, H, T, D)
+        g = leaky_average_chunked(grad.flip(2), reversed_decay, chunk=ctx.chunk).flip(2)  # g~, (B, H, T, D)
         previous = torch.cat(
             [torch.zeros_like(kbar[:, :, :1]) if state is None else state[:, :, None], kbar[:, :, :-1]], 2
         )
@@ -149,15 +149,15 @@ class LeakyAverage(torch.autograd.Function):
             full = lam * (g * previous).sum(-1).to(lam.dtype)  # (B, H, T)
             grad_decay = full.sum_to_size(ctx.decay_shape).to(log_decay.dtype)
         grad_state = (lam[:, :, 0, None] * g[:, :, 0]).to(state.dtype) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_decay, grad_state
+        return grad_x, grad_decay, grad_state, None
 
 
-def leaky_average(x: Tensor, log_decay: Tensor, state: Tensor | None = None) -> Tensor:
+def leaky_average(x: Tensor, log_decay: Tensor, state: Tensor | None = None, chunk: int = DEFAULT_CHUNK) -> Tensor:
     """The leaky average used by the layers: the fast, exact implementation (:class:`LeakyAverage`
     when gradients are needed); its branch-free matrix form while ``torch.export`` traces, so that
     the sequence length stays symbolic."""
     if torch.compiler.is_exporting():
         return leaky_average_matrix(x, log_decay, state)
     if x.shape[2] > 1 and torch.is_grad_enabled():
-        return LeakyAverage.apply(x, log_decay, state)
-    return leaky_average_chunked(x, log_decay, state)
+        return LeakyAverage.apply(x, log_decay, state, chunk)
+    return leaky_average_chunked(x, log_decay, state, chunk)
