@@ -15,6 +15,9 @@ per batch (micro-batch = tokens / context), it times forward + backward under bf
   expanded bank and no (B, H, N, Dh) gradient to sum), with and without retrieval dropout;
 * the leaky average (forward + backward of :class:`LeakyAverage`) for chunk sizes 16 to 128.
 
+``--parts blocks`` times the whole blocks only; ``--profile`` prints the kernels of each compiled
+block (``torch.profiler``, two runs).
+
 Timing: CUDA events, median of ``--repeats`` runs after 3 warm-up runs. Every row is also written
 to ``--out`` (JSON). ``--device cpu`` with small sizes checks the script without a GPU.
 """
@@ -73,6 +76,17 @@ def fwd_bwd(module, x: torch.Tensor, device: str):
     return run
 
 
+def kernel_table(run, rows: int = 25) -> str:
+    """The ``rows`` operators with the most GPU time over two profiled runs of ``run``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            run()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=80)
+
+
 def folded_readout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
     """memory_readout with the batch folded into the query axis: (B, H, T, D) -> (1, H, B T, D) -> back."""
     B, H, T, D = q.shape
@@ -88,6 +102,8 @@ def main() -> None:
     p.add_argument("--n-head", type=int, default=12)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--parts", choices=["all", "blocks"], default="all", help="blocks: whole blocks only")
+    p.add_argument("--profile", action="store_true", help="print the kernels of each compiled block")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="gpu_ops.json")
     args = p.parse_args()
@@ -128,8 +144,16 @@ def main() -> None:
             record(T, f"  GPT-2 MLP, {tag}", fwd_bwd(gpt.mlp, x, dev))
             record(T, f"  Mosaic persistent memory, {tag}", fwd_bwd(mosaic.pmem, x, dev))
             if not args.no_compile:
-                record(T, f"GPT-2 block, compiled, {tag}", fwd_bwd(torch.compile(gpt), x, dev))
-                record(T, f"Mosaic block, compiled, {tag}", fwd_bwd(torch.compile(mosaic), x, dev))
+                for name, block in (("GPT-2", gpt), ("Mosaic", mosaic)):
+                    torch._dynamo.reset()  # a fresh compilation: no shapes made dynamic by earlier ones
+                    run = fwd_bwd(torch.compile(block), x, dev)
+                    record(T, f"{name} block, compiled, {tag}", run)
+                    if args.profile:
+                        print(kernel_table(run), flush=True)
+            if args.parts == "blocks":
+                continue
+        if args.parts == "blocks":
+            continue
         q = torch.randn(B, H, T, Dh, device=dev, requires_grad=True)
         kappa = torch.randn(1, H, N, Dh, device=dev, requires_grad=True)
         u = torch.randn(1, H, N, Dh, device=dev, requires_grad=True)

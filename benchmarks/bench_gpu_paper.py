@@ -80,6 +80,7 @@ def measure(
     profile_dir: str | None = None,
 ) -> dict:
     torch.manual_seed(0)
+    torch._dynamo.reset()  # compile afresh: an earlier configuration's shapes must not make this one dynamic
     model = build(kind, depth, context, dropout).cuda().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
     fwd = torch.compile(model) if mode == "compile" else model

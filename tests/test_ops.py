@@ -115,6 +115,23 @@ def test_memory_readout_empty_memory_is_zero():
     assert out.shape == (2, 3, 1, 5) and out.abs().max() == 0
 
 
+def test_memory_readout_shared_bank_equals_per_sequence_formula():
+    """A bank of batch 1 (read with the batch folded into the query axis) gives each sequence
+    softmax(q k^T) v, with the gradients of that formula, the bank's summed over the batch."""
+    torch.manual_seed(0)
+    q = torch.randn(3, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 7, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 2, 5, 6, dtype=torch.float64)
+    out = memory_readout(q, k, v)
+    expected = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+    torch.testing.assert_close(out, expected)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    grads_expected = torch.autograd.grad(expected, (q, k, v), g)
+    for a, b in zip(grads, grads_expected):
+        torch.testing.assert_close(a, b)
+
+
 def test_bad_lags_rejected():
     q = torch.randn(1, 1, 4, 2)
     with pytest.raises(ValueError, match="min_lag"):

@@ -57,7 +57,8 @@ class PersistentMemory(nn.Module):
         q, key_state = self._queries(x, key_state)
         p = self.attn_dropout if self.training else 0.0
         alpha = frozen(self, "alpha", lambda: (EXP_SCALE * self.theta).exp().view(1, -1, 1, 1))
-        y = alpha * memory_readout(q, self.kappa, self.u, dropout_p=p)
+        y = memory_readout(q, self.kappa, self.u, dropout_p=p)
+        y = y * alpha.to(y.dtype)
         return self.resid_dropout(self.c_proj(merge_heads(y))), key_state
 
     def forward(self, x: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 DEFAULT_CHUNK = 16  # fastest on CPU for T in 256..4096 (benchmarks/bench_leaky_average.py --chunks)
+GPU_CHUNK = 64  # fastest of 16..128 on an H200 at T 512 and 2048 (benchmarks/bench_gpu_ops.py)
 
 
 def _broadcast_decay(x: Tensor, log_decay: Tensor) -> Tensor:
@@ -152,10 +153,13 @@ class LeakyAverage(torch.autograd.Function):
         return grad_x, grad_decay, grad_state, None
 
 
-def leaky_average(x: Tensor, log_decay: Tensor, state: Tensor | None = None, chunk: int = DEFAULT_CHUNK) -> Tensor:
+def leaky_average(x: Tensor, log_decay: Tensor, state: Tensor | None = None, chunk: int | None = None) -> Tensor:
     """The leaky average used by the layers: the fast, exact implementation (:class:`LeakyAverage`
-    when gradients are needed); its branch-free matrix form while ``torch.export`` traces, so that
-    the sequence length stays symbolic."""
+    when gradients are needed; chunk :data:`DEFAULT_CHUNK` on the CPU, :data:`GPU_CHUNK` elsewhere
+    unless given); its branch-free matrix form while ``torch.export`` traces, so that the sequence
+    length stays symbolic."""
+    if chunk is None:
+        chunk = DEFAULT_CHUNK if x.device.type == "cpu" else GPU_CHUNK
     if torch.compiler.is_exporting():
         return leaky_average_matrix(x, log_decay, state)
     if x.shape[2] > 1 and torch.is_grad_enabled():

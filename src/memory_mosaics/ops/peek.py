@@ -21,17 +21,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _heads(p: Tensor) -> Tensor:
-    return p.view(1, -1, 1, 1)
+def _heads(p: Tensor, like: Tensor) -> Tensor:
+    """A per-head (H,) scalar as (1, H, 1, 1) in the dtype of the values ``like`` (no promotion to fp32)."""
+    return p.view(1, -1, 1, 1).to(like.dtype)
+
+
+def _inverse_norm(x: Tensor) -> Tensor:
+    return torch.rsqrt(x.square().sum(-1, keepdim=True)).to(x.dtype)
 
 
 def peek_mix(v_now: Tensor, v_next: Tensor, gamma: Tensor, alpha: Tensor | None) -> Tensor:
     """v from v~_t and v~_{t+1}, both (B, H, T, D) (the module docstring's two lines)."""
-    g = _heads(gamma)
+    g = _heads(gamma, v_now)
     vbar = g * v_now + (1 - g) * v_next
     if alpha is None:
         return vbar
-    return vbar * (_heads(alpha) * torch.rsqrt(vbar.square().sum(-1, keepdim=True)))
+    return vbar * (_heads(alpha, vbar) * _inverse_norm(vbar))
 
 
 def _next(v_tilde: Tensor) -> Tensor:
@@ -61,17 +66,17 @@ class PeekValue(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         v_tilde, gamma, alpha = ctx.saved_tensors
-        g = _heads(gamma)
+        g = _heads(gamma, v_tilde)
         v_next = _next(v_tilde)
         grad_alpha = None
         if alpha is None:
             grad_vbar = grad
         else:
             vbar = g * v_tilde + (1 - g) * v_next
-            inv = torch.rsqrt(vbar.square().sum(-1, keepdim=True))
+            inv = _inverse_norm(vbar)
             vhat = vbar * inv
             dot = (vhat * grad).sum(-1, keepdim=True)
-            grad_vbar = (_heads(alpha) * inv) * (grad - vhat * dot)
+            grad_vbar = (_heads(alpha, vbar) * inv) * (grad - vhat * dot)
             if ctx.needs_input_grad[2]:
                 grad_alpha = dot.sum((0, 2, 3)).to(alpha.dtype)
         grad_gamma = None

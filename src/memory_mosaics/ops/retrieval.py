@@ -104,10 +104,18 @@ def memory_readout(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> T
     """Unmasked retrieval from a fixed set of pairs (persistent memory, or one decoding step).
 
     q (B, H, Tq, Dk); k (B or 1, H, N, Dk); v (B or 1, H, N, Dv) -> (B, H, Tq, Dv).
-    An empty memory (N = 0) answers zero.
+    An empty memory (N = 0) answers zero. Pairs shared by the batch (k, v of batch 1: the P-mem's
+    bank) are read with the batch folded into the query axis, one SDPA over B Tq queries: the bank
+    is not expanded and its gradient is summed inside the kernel (fwd+bwd 1.04-1.55x faster on an H200,
+    as fast on the CPU: docs/benchmarks.md).
     """
     if k.shape[2] == 0:
         return q.new_zeros(*q.shape[:-1], v.shape[-1])
-    B = q.shape[0]
+    B, H, Tq, Dk = q.shape
+    if k.shape[0] == 1 and B > 1:
+        y = F.scaled_dot_product_attention(
+            q.transpose(0, 1).reshape(1, H, B * Tq, Dk), k, v, dropout_p=dropout_p, scale=1.0
+        )
+        return y.view(H, B, Tq, -1).transpose(0, 1)
     k, v = k.expand(B, *k.shape[1:]), v.expand(B, *v.shape[1:])
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=1.0)
