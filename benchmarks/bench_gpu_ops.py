@@ -13,7 +13,8 @@ per batch (micro-batch = tokens / context), it times forward + backward under bf
 * the P-mem's readout alone (``memory_readout``: SDPA over the bank expanded to the batch) against
   the same readout with the batch folded into the query axis (one SDPA over B T queries, no
   expanded bank and no (B, H, N, Dh) gradient to sum), with and without retrieval dropout;
-* the leaky average (forward + backward of :class:`LeakyAverage`) for chunk sizes 16 to 128.
+* the leaky average (forward + backward of :class:`LeakyAverage`), chunked and by doubling scan,
+  eager and compiled.
 
 ``--parts blocks`` times the whole blocks only; ``--profile`` prints the kernels of each compiled
 block (``torch.profiler``, two runs).
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from memory_mosaics import GPTConfig, MosaicConfig
 from memory_mosaics.models.gpt import GPTBlock
 from memory_mosaics.models.mosaic import MosaicBlock
-from memory_mosaics.ops.leaky_average import LeakyAverage
+from memory_mosaics.ops.leaky_average import METHODS, LeakyAverage
 from memory_mosaics.ops.retrieval import memory_readout
 
 
@@ -169,12 +170,10 @@ def main() -> None:
                 fwd_bwd(lambda q: folded_readout(q, kappa, u, dropout), q, dev),
             )
         log_decay = torch.linspace(-0.5, -5.0, H, device=dev).view(1, H, 1)
-        for chunk in (16, 32, 64, 128):
-            record(
-                T,
-                f"leaky average, chunk {chunk}",
-                fwd_bwd(lambda x: LeakyAverage.apply(x, log_decay, None, chunk), q, dev),
-            )
+        for method in METHODS:
+            leaky = lambda x, method=method: LeakyAverage.apply(x, log_decay, None, method)  # noqa: E731
+            record(T, f"leaky average, {method}", fwd_bwd(leaky, q, dev))
+            record(T, f"leaky average, {method}, compiled", fwd_bwd(torch.compile(leaky), q, dev))
 
 
 if __name__ == "__main__":

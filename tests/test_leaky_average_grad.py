@@ -4,7 +4,7 @@ the literal recurrence, and what it keeps for backward."""
 import pytest
 import torch
 
-from memory_mosaics.ops.leaky_average import LeakyAverage, leaky_average, leaky_average_reference
+from memory_mosaics.ops.leaky_average import METHODS, LeakyAverage, leaky_average, leaky_average_reference
 
 
 def grads(fn, inputs, g):
@@ -12,27 +12,29 @@ def grads(fn, inputs, g):
     return [torch.zeros_like(i) if d is None else d for d, i in zip(out, inputs)]
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("T", [2, 5, 17, 300])
 @pytest.mark.parametrize("per_time", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_backward_equals_autograd_of_the_recurrence(T, per_time, with_state):
+def test_backward_equals_autograd_of_the_recurrence(method, T, per_time, with_state):
     torch.manual_seed(T)
     x = torch.randn(2, 3, T, 4, dtype=torch.float64, requires_grad=True)
     shape = (2, 3, T) if per_time else (1, 3, 1)
     log_decay = (-3 * torch.rand(shape, dtype=torch.float64)).requires_grad_()
     inputs = [x, log_decay] + ([torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)] if with_state else [])
     g = torch.randn(2, 3, T, 4, dtype=torch.float64)
-    fast = grads(lambda *a: leaky_average(*a), inputs, g)
+    fast = grads(lambda *a: leaky_average(*a, method=method), inputs, g)
     ref = grads(lambda *a: leaky_average_reference(*a), inputs, g)
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
-def test_gradcheck_with_extreme_decays():
+@pytest.mark.parametrize("method", METHODS)
+def test_gradcheck_with_extreme_decays(method):
     x = torch.randn(1, 2, 9, 3, dtype=torch.float64, requires_grad=True)
     log_decay = torch.tensor([[[-40.0], [-1e-6]]], dtype=torch.float64, requires_grad=True)  # lambda ~ 0 and ~ 1
     state = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(LeakyAverage.apply, (x, log_decay, state))
+    assert torch.autograd.gradcheck(lambda *a: LeakyAverage.apply(*a, method), (x, log_decay, state))
 
 
 def test_backward_keeps_only_the_output():

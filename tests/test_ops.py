@@ -8,6 +8,7 @@ from memory_mosaics.ops import (
     causal_retrieval_reference,
     leaky_average_chunked,
     leaky_average_reference,
+    leaky_average_scan,
     memory_readout,
     small_head,
 )
@@ -19,16 +20,20 @@ def _grads(fn, *tensors):
     return torch.autograd.grad((out * w).sum(), tensors, allow_unused=True, materialize_grads=True)
 
 
+FAST = pytest.mark.parametrize("fast_op", [leaky_average_chunked, leaky_average_scan], ids=["chunked", "scan"])
+
+
+@FAST
 @pytest.mark.parametrize("T", [1, 2, 63, 64, 65, 257, 1024, 4096])
 @pytest.mark.parametrize("log_lambda", [-1e-3, -0.5, -20.0])  # lambda near 1, middle, near 0
-def test_leaky_average_fast_matches_reference_fp32(T, log_lambda):
+def test_leaky_average_fast_matches_reference_fp32(fast_op, T, log_lambda):
     """fp32 fast op vs the literal recurrence run in fp64 (the fp32 loop itself drifts over 4096 steps)."""
     x = torch.randn(2, 3, T, 8, requires_grad=True)
     ld = torch.tensor([log_lambda, log_lambda / 2, log_lambda * 2]).view(1, 3, 1).requires_grad_()
     x64, ld64 = x.detach().double().requires_grad_(), ld.detach().double().requires_grad_()
-    ref, fast = leaky_average_reference(x64, ld64), leaky_average_chunked(x, ld)
+    ref, fast = leaky_average_reference(x64, ld64), fast_op(x, ld)
     assert (ref - fast).abs().max() / ref.abs().max().clamp(min=1) < 1e-6
-    for gr, gf in zip(_grads(leaky_average_reference, x64, ld64), _grads(leaky_average_chunked, x, ld)):
+    for gr, gf in zip(_grads(leaky_average_reference, x64, ld64), _grads(fast_op, x, ld)):
         assert (gr - gf).abs().max() / gr.abs().max().clamp(min=1) < 1e-4  # fp32 sums over B*T*D terms
 
 
@@ -36,27 +41,30 @@ def test_leaky_average_fp64_exact_with_state_and_time_varying_decay():
     x = torch.randn(2, 2, 300, 4, dtype=torch.float64)
     ld = -torch.rand(2, 2, 300, dtype=torch.float64) * 3
     state = torch.randn(2, 2, 4, dtype=torch.float64)
+    ref = leaky_average_reference(x, ld, state)
     for chunk in (2, 7, 64):
-        torch.testing.assert_close(
-            leaky_average_chunked(x, ld, state, chunk=chunk), leaky_average_reference(x, ld, state), atol=1e-11, rtol=0
-        )
+        torch.testing.assert_close(leaky_average_chunked(x, ld, state, chunk=chunk), ref, atol=1e-11, rtol=0)
+    torch.testing.assert_close(leaky_average_scan(x, ld, state), ref, atol=1e-11, rtol=0)
 
 
-def test_leaky_average_carries_state_across_calls():
+@FAST
+def test_leaky_average_carries_state_across_calls(fast_op):
     x = torch.randn(1, 2, 100, 4, dtype=torch.float64)
     ld = torch.tensor([-0.1, -2.0], dtype=torch.float64).view(1, 2, 1)
-    whole = leaky_average_chunked(x, ld)
-    first = leaky_average_chunked(x[:, :, :37], ld)
-    second = leaky_average_chunked(x[:, :, 37:], ld, first[:, :, -1])
+    whole = fast_op(x, ld)
+    first = fast_op(x[:, :, :37], ld)
+    second = fast_op(x[:, :, 37:], ld, first[:, :, -1])
     torch.testing.assert_close(torch.cat([first, second], 2), whole)
 
 
-def test_leaky_average_bf16_loose():
+@FAST
+def test_leaky_average_bf16_loose(fast_op):
     x = torch.randn(1, 2, 512, 16)
     ld = torch.tensor([-0.05, -3.0]).view(1, 2, 1)
     ref = leaky_average_reference(x, ld)
-    fast = leaky_average_chunked(x.bfloat16(), ld).float()
-    assert (ref - fast).abs().max() / ref.abs().max() < 3e-2
+    fast = fast_op(x.bfloat16(), ld)
+    assert fast.dtype == torch.bfloat16
+    assert (ref - fast.float()).abs().max() / ref.abs().max() < 3e-2
 
 
 def test_leaky_average_never_builds_a_T_by_T_tensor(monkeypatch):

@@ -5,7 +5,13 @@ loads it safely); ``leaky_average_matrix`` is the branch-free form used while ``
 """
 
 from . import native, small_head
-from .leaky_average import leaky_average, leaky_average_chunked, leaky_average_matrix, leaky_average_reference
+from .leaky_average import (
+    leaky_average,
+    leaky_average_chunked,
+    leaky_average_matrix,
+    leaky_average_reference,
+    leaky_average_scan,
+)
 from .retrieval import causal_retrieval, causal_retrieval_reference, causal_retrieval_weights, memory_readout
 
 __all__ = [
@@ -13,6 +19,7 @@ __all__ = [
     "leaky_average_chunked",
     "leaky_average_matrix",
     "leaky_average_reference",
+    "leaky_average_scan",
     "causal_retrieval",
     "causal_retrieval_reference",
     "causal_retrieval_weights",

@@ -13,11 +13,18 @@ Two implementations with the same signature:
   ``C x C`` decay matrix (a matmul), and it carries the state across chunks by applying the same
   function, recursively, to the chunk-final states with the chunk-level decays. Memory is
   O(T * C), never T x T.
+* :func:`leaky_average_scan` is exact and elementwise: recursive doubling (Hillis-Steele), where
+  pass k adds to each step the partial sum ending k steps earlier, times the product of the k
+  decays in between: ceil(log2 T) passes over the sequence, no matmul. It is the GPU path: under
+  ``torch.compile`` the chunked form's small decay-matrix products become fused reductions that
+  recompute the decay matrix for every feature (measured 4.2 ms of a 12 ms block at T 2048 on an
+  H200, ``docs/benchmarks.md``), while each doubling pass is one memory-bound kernel.
 * :func:`leaky_average_matrix` multiplies by the full (T x T) decay matrix: no branch or reshape
   depends on T, so ``torch.export`` records one graph for every length >= 1 (:func:`leaky_average`
   uses it while exporting). Memory O(T^2).
 
-:func:`leaky_average` runs the chunked form inside :class:`LeakyAverage`, an autograd function
+:func:`leaky_average` runs the chunked form (CPU) or the doubling scan (other devices) inside
+:class:`LeakyAverage`, an autograd function
 whose backward is another leaky average, backwards in time, so that training keeps only the output
 ``kbar`` (which the key normalisation keeps anyway) instead of the chunked form's intermediates:
 
@@ -33,10 +40,10 @@ constant); ``state`` (B, H, D) or None. Both return ``kbar`` (B, H, T, D); the l
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 DEFAULT_CHUNK = 16  # fastest on CPU for T in 256..4096 (benchmarks/bench_leaky_average.py --chunks)
-GPU_CHUNK = 64  # fastest of 16..128 on an H200 at T 512 and 2048 (benchmarks/bench_gpu_ops.py)
 
 
 def _broadcast_decay(x: Tensor, log_decay: Tensor) -> Tensor:
@@ -45,6 +52,10 @@ def _broadcast_decay(x: Tensor, log_decay: Tensor) -> Tensor:
         raise ValueError(f"log_decay must broadcast to (B, H, T), got shape {tuple(log_decay.shape)}")
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # never below fp32
     return log_decay.to(dtype).expand(B, H, T)
+
+
+def _constant_in_time(log_decay: Tensor) -> bool:
+    return log_decay.dim() == 0 or log_decay.shape[-1] == 1
 
 
 def leaky_average_reference(x: Tensor, log_decay: Tensor, state: Tensor | None = None) -> Tensor:
@@ -76,8 +87,8 @@ def leaky_average_chunked(
     pad = N * C - T
     logd = _broadcast_decay(x, log_decay)
     if pad:
-        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
-        logd = torch.nn.functional.pad(logd, (0, pad))
+        x = F.pad(x, (0, 0, 0, pad))
+        logd = F.pad(logd, (0, pad))
     xc = x.view(B, H, N, C, D)
     # cum[..., i] = sum_{j<=i} log_decay_j inside the chunk (fp32 for accuracy).
     cum = logd.reshape(B, H, N, C).cumsum(-1)
@@ -104,6 +115,30 @@ def leaky_average_chunked(
     return y.reshape(B, H, N * C, D)[:, :, :T]
 
 
+def leaky_average_scan(x: Tensor, log_decay: Tensor, state: Tensor | None = None) -> Tensor:
+    """Exact O(T log T) leaky average by recursive doubling; fp32 arithmetic for half-precision x.
+
+    After the pass of span k, ``y_t = sum_{t-2k < s <= t} (prod_{s<l<=t} lambda_l) x_s`` and
+    ``a_t = sum_{t-2k < l <= t} log lambda_l``: each pass is ``y_t += exp(a_t) y_{t-k}`` and
+    ``a_t += a_{t-k}`` (terms before step 0 are zero). A decay constant in time (v1's per-head
+    decay) skips ``a``: it is ``k log lambda``. The initial state enters once, times
+    ``exp(cumsum(log lambda))``.
+    """
+    B, H, T, _ = x.shape
+    logd = _broadcast_decay(x, log_decay)  # (B, H, T), fp32 or fp64
+    constant = _constant_in_time(log_decay)
+    a = logd[..., :1, None] if constant else logd[..., None]  # (B, H, 1 or T, 1)
+    y = x.to(logd.dtype) if x.dtype in (torch.float16, torch.bfloat16) else x
+    k = 1
+    while k < T:
+        y = y + a.exp() * F.pad(y[:, :, :-k], (0, 0, k, 0))
+        a = a + a if constant else a + F.pad(a[:, :, :-k], (0, 0, k, 0))
+        k *= 2
+    if state is not None:
+        y = y + logd.cumsum(-1).exp()[..., None] * state[:, :, None].to(y.dtype)
+    return y.to(x.dtype)
+
+
 def leaky_average_matrix(x: Tensor, log_decay: Tensor, state: Tensor | None = None) -> Tensor:
     """Exact leaky average as one (T x T) matrix product, with no branch on T (for ``torch.export``).
 
@@ -123,13 +158,29 @@ def leaky_average_matrix(x: Tensor, log_decay: Tensor, state: Tensor | None = No
     return kbar
 
 
+METHODS = ("chunked", "scan")
+
+
+def _fast(x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None) -> Tensor:
+    """``method``: "chunked" (:func:`leaky_average_chunked`), "scan" (:func:`leaky_average_scan`), or
+    None: chunked on the CPU, the doubling scan on other devices."""
+    if method is None:
+        method = "chunked" if x.device.type == "cpu" else "scan"
+    if method not in METHODS:
+        raise ValueError(f"leaky average method must be one of {METHODS}, got {method!r}")
+    if method == "chunked":
+        return leaky_average_chunked(x, log_decay, state)
+    return leaky_average_scan(x, log_decay, state)
+
+
 class LeakyAverage(torch.autograd.Function):
-    """:func:`leaky_average_chunked` with the backward of the module docstring (saves kbar only)."""
+    """The fast leaky average (chunked or doubling scan, see :func:`leaky_average`) with the
+    backward of the module docstring (saves kbar only)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, log_decay: Tensor, state: Tensor | None, chunk: int = DEFAULT_CHUNK) -> Tensor:
-        kbar = leaky_average_chunked(x, log_decay, state, chunk)
-        ctx.decay_shape, ctx.chunk = log_decay.shape, chunk
+    def forward(ctx, x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None = None) -> Tensor:
+        kbar = _fast(x, log_decay, state, method)
+        ctx.decay_shape, ctx.method = log_decay.shape, method
         ctx.save_for_backward(kbar, log_decay, state)
         return kbar
 
@@ -138,8 +189,9 @@ class LeakyAverage(torch.autograd.Function):
         kbar, log_decay, state = ctx.saved_tensors
         logd = _broadcast_decay(kbar, log_decay)  # (B, H, T)
         # g~ is a leaky average of g in reversed time, where step u = T-1-t decays by lambda_{t+1}
-        reversed_decay = torch.nn.functional.pad(logd[..., 1:], (0, 1)).flip(-1)
-        g = leaky_average_chunked(grad.flip(2), reversed_decay, chunk=ctx.chunk).flip(2)  # g~, (B, H, T, D)
+        # (the first reversed step's decay multiplies a zero state: a constant decay stays constant)
+        reversed_decay = log_decay if _constant_in_time(log_decay) else F.pad(logd[..., 1:], (0, 1)).flip(-1)
+        g = _fast(grad.flip(2), reversed_decay, None, ctx.method).flip(2)  # g~, (B, H, T, D)
         previous = torch.cat(
             [torch.zeros_like(kbar[:, :, :1]) if state is None else state[:, :, None], kbar[:, :, :-1]], 2
         )
@@ -153,15 +205,13 @@ class LeakyAverage(torch.autograd.Function):
         return grad_x, grad_decay, grad_state, None
 
 
-def leaky_average(x: Tensor, log_decay: Tensor, state: Tensor | None = None, chunk: int | None = None) -> Tensor:
+def leaky_average(x: Tensor, log_decay: Tensor, state: Tensor | None = None, method: str | None = None) -> Tensor:
     """The leaky average used by the layers: the fast, exact implementation (:class:`LeakyAverage`
-    when gradients are needed; chunk :data:`DEFAULT_CHUNK` on the CPU, :data:`GPU_CHUNK` elsewhere
-    unless given); its branch-free matrix form while ``torch.export`` traces, so that the sequence
-    length stays symbolic."""
-    if chunk is None:
-        chunk = DEFAULT_CHUNK if x.device.type == "cpu" else GPU_CHUNK
+    when gradients are needed; ``method`` as in :func:`_fast`: by default the chunked form on the
+    CPU, the doubling scan elsewhere); its branch-free matrix form while ``torch.export`` traces, so
+    that the sequence length stays symbolic."""
     if torch.compiler.is_exporting():
         return leaky_average_matrix(x, log_decay, state)
     if x.shape[2] > 1 and torch.is_grad_enabled():
-        return LeakyAverage.apply(x, log_decay, state, chunk)
-    return leaky_average_chunked(x, log_decay, state, chunk)
+        return LeakyAverage.apply(x, log_decay, state, method)
+    return _fast(x, log_decay, state, method)
