@@ -3,6 +3,7 @@ torch.library custom op, so compiling has no graph break and an exported program
 length symbolic (any T >= 1); compiled and exported models answer like the eager one."""
 
 import importlib.util
+import sys
 
 import pytest
 import torch
@@ -126,6 +127,27 @@ def test_compiled_equals_eager_with_gradients(head_size, v2):
     torch.testing.assert_close(compiled_logits, eager_logits, atol=1e-5, rtol=1e-4)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_compiled_model_takes_the_fast_paths_where_is_exporting_lies(monkeypatch, v2):
+    """Before torch 2.13, dynamo traced ``torch.compiler.is_exporting()`` as True under torch.compile
+    (pytorch/pytorch#176347): simulated here, a compiled training step must still run the fast leaky
+    average and retrieval, never the export forms (O(T^2) decay matrix, (T, T) mask)."""
+    ops = sys.modules["memory_mosaics.ops.leaky_average"], sys.modules["memory_mosaics.ops.retrieval"]
+    export_forms = []
+    for module, name in ((ops[0], "leaky_average_matrix"), (ops[1], "_masked_retrieval")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, name=name: (export_forms.append(name), real(*a))[1])
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: torch.compiler.is_compiling())
+    torch._dynamo.reset()
+    model = _model(64, v2).train(not v2)  # v2 in eval mode: its training draws m with Python's random (a graph break)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=False)
+    _, loss = compiled(_tokens(40), _tokens(40, seed=2))
+    loss.backward()
+    torch._dynamo.reset()
+    assert export_forms == []
+    assert torch.export.export(_model(64, v2), (_tokens(9),)) is not None and export_forms  # export: its forms
 
 
 @pytest.mark.slow

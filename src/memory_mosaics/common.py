@@ -11,6 +11,16 @@ import torch.nn as nn
 from torch import Tensor
 
 
+def exporting() -> bool:
+    """True only while ``torch.export`` traces (the ops then take their branch-free forms).
+
+    Not ``torch.compiler.is_exporting()``: before torch 2.13, dynamo replaced that call by the
+    constant True, under ``torch.compile`` too (pytorch/pytorch#176347), so compiled models ran the
+    export forms (O(T^2) leaky average, masked retrieval). The flag export sets is read instead,
+    which dynamo reads as its value (False under ``torch.compile``)."""
+    return bool(getattr(torch.compiler, "_is_exporting_flag", False))
+
+
 def split_heads(x: Tensor, n_head: int) -> Tensor:
     """(B, T, H * Dh) -> (B, H, T, Dh)."""
     B, T, C = x.shape

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..common import exporting
+
 DEFAULT_CHUNK = 16  # fastest on CPU for T in 256..4096 (benchmarks/bench_leaky_average.py --chunks)
 
 
@@ -210,7 +212,7 @@ def leaky_average(x: Tensor, log_decay: Tensor, state: Tensor | None = None, met
     when gradients are needed; ``method`` as in :func:`_fast`: by default the chunked form on the
     CPU, the doubling scan elsewhere); its branch-free matrix form while ``torch.export`` traces, so
     that the sequence length stays symbolic."""
-    if torch.compiler.is_exporting():
+    if exporting():
         return leaky_average_matrix(x, log_decay, state)
     if x.shape[2] > 1 and torch.is_grad_enabled():
         return LeakyAverage.apply(x, log_decay, state, method)

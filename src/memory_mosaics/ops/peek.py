@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..common import exporting
+
 
 def _heads(p: Tensor, like: Tensor) -> Tensor:
     """A per-head (H,) scalar as (1, H, 1, 1) in the dtype of the values ``like`` (no promotion to fp32)."""
@@ -91,6 +93,6 @@ class PeekValue(torch.autograd.Function):
 
 def peek_value(v_tilde: Tensor, gamma: Tensor, alpha: Tensor | None) -> Tensor:
     """The values of a whole sequence (module docstring); :class:`PeekValue` when gradients are needed."""
-    if torch.is_grad_enabled() and not torch.compiler.is_exporting():
+    if torch.is_grad_enabled() and not exporting():
         return PeekValue.apply(v_tilde, gamma, alpha)
     return peek_value_reference(v_tilde, gamma, alpha)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..common import exporting
 from . import banded, small_head
 
 
@@ -74,7 +75,7 @@ def causal_retrieval(
     _check_lags(min_lag, max_lag)
     if dropout_p == 0.0 and small_head.supports(q, k, v):
         return small_head.small_head_retrieval(q, k, v, min_lag, max_lag)
-    if torch.compiler.is_exporting():
+    if exporting():
         return _masked_retrieval(q, k, v, min_lag, max_lag)
     B, H, T, _ = q.shape
     if T <= min_lag:
