@@ -1,20 +1,29 @@
 """Training step (forward + backward + AdamW) tokens/s: MosaicLM vs GPTLM of the same size.
 
-python benchmarks/bench_train_step.py [--T 256 1024] [--batch 4] [--repeats 5]
+    python benchmarks/bench_train_step.py [--T 256 1024] [--batch 4] [--repeats 5]
+                                          [--dropout 0 0.05] [--precision fp32 bf16]
+
+For every context T, dropout and precision it prints both models' tokens/s and their ratio.
+``--dropout 0.05`` is the default dropouts of each model's training recipe: the Mosaic's residual
+and P-mem retrieval dropout (the authors' language models apply none to the contextual memory's
+retrieval weights), GPT-2's residual and attention dropout. ``bf16``: the forward under CPU autocast
+to bfloat16 (weights and optimiser in fp32).
 """
 
 import argparse
+import contextlib
 
 import torch
 from common import best_time, gpt, header, mosaic
 
 
-def step_fn(model, T, batch):
+def step_fn(model, T, batch, precision="fp32"):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     idx = torch.randint(0, model.config.vocab_size, (batch, T + 1))
 
     def step():
-        _, loss = model(idx[:, :-1], idx[:, 1:])
+        with torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext():
+            _, loss = model(idx[:, :-1], idx[:, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -27,18 +36,25 @@ def main():
     p.add_argument("--T", type=int, nargs="+", default=[256, 1024])
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.05])
+    p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     args = p.parse_args()
-    header(f"training step, n_layer 4, n_head 4, d 256, vocab 8192, batch {args.batch}, fp32")
+    header(f"training step, n_layer 4, n_head 4, d 256, vocab 8192, batch {args.batch}")
     for T in args.T:
-        torch.manual_seed(0)
-        models = {"mosaic": mosaic().train(), "gpt": gpt(T).train()}
-        tps = {}
-        for name, model in models.items():
-            t = best_time(step_fn(model, T, args.batch), args.repeats)
-            tps[name] = args.batch * T / t
-            size = f"params {model.num_params() / 1e6:6.2f}M"
-            print(f"T={T:5d}  {name:6s} {size}  {t * 1e3:8.1f} ms/step  {tps[name]:8.0f} tokens/s")
-        print(f"T={T:5d}  mosaic / gpt tokens/s ratio: {tps['mosaic'] / tps['gpt']:.2f}")
+        for dropout in args.dropout:
+            for precision in args.precision:
+                torch.manual_seed(0)
+                models = {
+                    "mosaic": mosaic(dropout=dropout, pmem_attn_dropout=dropout).train(),
+                    "gpt": gpt(T, dropout=dropout).train(),
+                }
+                tps, tag = {}, f"T={T:5d} dropout {dropout} {precision}"
+                for name, model in models.items():
+                    t = best_time(step_fn(model, T, args.batch, precision), args.repeats)
+                    tps[name] = args.batch * T / t
+                    print(f"{tag}  {name:6s} {t * 1e3:8.1f} ms/step {tps[name]:8.0f} tok/s")
+                ratio = tps["mosaic"] / tps["gpt"]
+                print(f"{tag}  mosaic / gpt tokens/s ratio: {ratio:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from memory_mosaics import MosaicConfig, MosaicLM
-from memory_mosaics.layers import GeluMLP, LinearKey, PersistentMemory, SwiGLU
+from memory_mosaics.layers import GeluMLP, LinearKey, PersistentMemory, SwiGLU, make_bandwidth
 
 V, D, H = 53, 32, 4
 
@@ -107,11 +107,22 @@ def test_fixed_bandwidth_is_e_squared():
     torch.testing.assert_close(beta, torch.full((H, 5), math.e**2))
 
 
+@pytest.mark.parametrize("spec", ["learned", "fixed", 50.0])
+def test_constant_bandwidth_per_head_equals_per_count(spec):
+    """A bandwidth that ignores the count (n = None: one beta per head, broadcast over time) gives
+    the betas it gives for any counts."""
+    bandwidth = make_bandwidth(spec, H)
+    assert not bandwidth.depends_on_count and make_bandwidth("adaptive", H).depends_on_count
+    per_head = bandwidth(None)
+    assert per_head.shape[-1] == 1
+    torch.testing.assert_close(per_head.expand(-1, 7), bandwidth(torch.arange(7)))
+
+
 def test_unnormalized_keys_keep_their_norm():
     x = torch.randn(2, 12, D)
     for normalize in (True, False):
         model = mosaic(normalize_keys=normalize)
-        k, q, _ = cmem(model)._keys_and_queries(x, torch.arange(12), None)
+        k, q, _ = cmem(model)._keys_and_queries(x, 0, None)
         norms = k.norm(dim=-1)
         assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5) == normalize
         pmem = model.blocks[0].pmem

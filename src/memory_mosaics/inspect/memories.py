@@ -82,7 +82,7 @@ def contextual(mem: ContextualMemory, h: Tensor, name: str, top_k: int, chunk: i
     """A contextual memory's retrieval on its input h (1, T, d_in)."""
     T = h.shape[1]
     t = torch.arange(T, device=h.device)
-    k, q, _ = mem._keys_and_queries(h, t, None)  # unit keys k_t, queries beta_t k_t: (1, H, T, Dh)
+    k, q, _ = mem._keys_and_queries(h, 0, None)  # unit keys k_t, queries beta_t k_t: (1, H, T, Dh)
     retrieval = sparse_causal_weights(q[0], k[0], top_k, mem.min_lag, mem.max_lag, chunk)
     H = k.shape[1]
     beta = mem.bandwidth(mem.visible_pairs(t)).float().expand(H, T)  # (H, T)

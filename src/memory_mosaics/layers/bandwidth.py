@@ -2,7 +2,9 @@
 
 Each bandwidth maps the number of pairs ``n`` a query can see, shape (T,), to beta of shape
 (1 or H, T), so that a memory computes ``q_t = beta_t * k_t`` and calls the retrieval op with
-scale 1. Constant bandwidths ignore ``n``; v2's adaptive bandwidth grows with it.
+scale 1. Constant bandwidths ignore ``n`` (``depends_on_count = False``): called with ``n = None``
+they return one beta per head, (1 or H, 1), which broadcasts over time (the memories then build no
+count at all, a saving in every decoding step); v2's adaptive bandwidth grows with ``n``.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from .extractors import EXP_SCALE, per_head_scalars
 class FixedBandwidth(nn.Module):
     """A constant beta (three moons: beta = 50)."""
 
+    depends_on_count = False
+
     def __init__(self, beta: float):
         super().__init__()
         self.beta = float(beta)
+        self.register_buffer("_beta", torch.full((1, 1), self.beta), persistent=False)
 
-    def forward(self, n: Tensor) -> Tensor:
-        return torch.full((1, n.shape[0]), self.beta, device=n.device)
+    def forward(self, n: Tensor | None) -> Tensor:
+        return self._beta if n is None else self._beta.expand(-1, n.shape[0])
 
 
 class LearnedBandwidth(nn.Module):
@@ -38,14 +43,16 @@ class LearnedBandwidth(nn.Module):
     keeps theta at its initial value (ablation "fixed bandwidth": beta = e ** 2 ~ 7.39 at init 0.1).
     """
 
+    depends_on_count = False
+
     def __init__(self, n_head: int, init: float = 0.1, cap: float = 5.0, learn: bool = True):
         super().__init__()
         per_head_scalars(self, "theta", torch.full((n_head,), init), learn)
         self.cap = cap
 
-    def forward(self, n: Tensor) -> Tensor:
+    def forward(self, n: Tensor | None) -> Tensor:
         beta = frozen(self, "beta", lambda: torch.exp(torch.clamp(EXP_SCALE * self.theta, max=self.cap))[:, None] ** 2)
-        return beta.expand(-1, n.shape[0])
+        return beta if n is None else beta.expand(-1, n.shape[0])
 
 
 class AdaptiveBandwidth(nn.Module):
@@ -54,6 +61,8 @@ class AdaptiveBandwidth(nn.Module):
     ``beta_0 = exp(min(theta_0, 10))``, ``beta_1 = exp(min(theta_1, 10))`` (theta init 1.5) and
     ``alpha = min(|theta_a|, 1)`` (theta_a init 1/3), per head.
     """
+
+    depends_on_count = True
 
     def __init__(self, n_head: int):
         super().__init__()

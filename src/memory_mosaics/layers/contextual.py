@@ -82,11 +82,15 @@ class ContextualMemory(nn.Module):
         return (hi - lo).clamp(min=0)
 
     def _keys_and_queries(
-        self, x: Tensor, t: Tensor, state: Tensor | None, min_lag: int | None = None
+        self, x: Tensor, start: int, state: Tensor | None, min_lag: int | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Keys k_t (unit norm if normalize_keys) and queries q_t = beta(n_t) k_t, both (B, H, T, Dh)."""
+        """Keys k_t (unit norm if normalize_keys) and queries q_t = beta(n_t) k_t, both (B, H, T, Dh),
+        for the inputs x (B, T, d_in) at times start .. start + T - 1."""
         kbar, key_state = self.key(x, state)
-        beta = self.bandwidth(self.visible_pairs(t, min_lag)).to(kbar.dtype)[None, :, :, None]  # (1, 1|H, T, 1)
+        n = None  # a bandwidth that ignores the number of visible pairs gives one beta per head
+        if self.bandwidth.depends_on_count:
+            n = self.visible_pairs(torch.arange(start, start + x.shape[1], device=x.device), min_lag)
+        beta = self.bandwidth(n).to(kbar.dtype)[None, :, :, None]  # (1, 1|H, T|1, 1)
         if not self.normalize_keys:
             return kbar, kbar * beta, key_state
         r = inverse_norm(kbar)
@@ -94,7 +98,7 @@ class ContextualMemory(nn.Module):
 
     def _retrieve(self, x: Tensor, min_lag: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         min_lag = self.min_lag if min_lag is None else min_lag
-        k, q, key_state = self._keys_and_queries(x, torch.arange(x.shape[1], device=x.device), None, min_lag)
+        k, q, key_state = self._keys_and_queries(x, 0, None, min_lag)
         v, v_tilde = self.value(x)
         p = self.attn_dropout if self.training else 0.0
         y = causal_retrieval(q, k, v, min_lag, self.max_lag, dropout_p=p)
@@ -110,7 +114,7 @@ class ContextualMemory(nn.Module):
 
     def attention(self, x: Tensor) -> Tensor:
         """Retrieval weights (B, H, T, T) for inspection: row t is the distribution over pairs s."""
-        k, q, _ = self._keys_and_queries(x, torch.arange(x.shape[1], device=x.device), None)
+        k, q, _ = self._keys_and_queries(x, 0, None)
         return causal_retrieval_weights(q, k, self.min_lag, self.max_lag)
 
     @torch.no_grad()
@@ -134,7 +138,7 @@ class ContextualMemory(nn.Module):
         Updates ``state`` in place and returns the output (B, 1, d_out).
         """
         t = state.t
-        k, q, state.key_state = self._keys_and_queries(x, torch.tensor([t], device=x.device), state.key_state)
+        k, q, state.key_state = self._keys_and_queries(x, t, state.key_state)
         v_tilde = self.value.project(x)
         state.keys.append(state.pending_key)
         state.values.append(self.value.mix(state.pending_value, v_tilde))  # v_{t-1} peeks at x_t

@@ -70,7 +70,12 @@ class LeakyAverageKey(nn.Module):
         return frozen(self, "log_decay", lambda: (-EXP_SCALE * self.theta.abs()).view(1, -1, 1))
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        kbar = leaky_average(split_heads(self.proj(x), self.n_head), self.log_decay(), state)
+        phi = split_heads(self.proj(x), self.n_head)
+        if phi.shape[2] == 1 and state is not None and not torch.is_grad_enabled():  # one decoding step
+            decay = frozen(self, "decay", lambda: self.log_decay().exp()[..., None])  # lambda_h, (1, H, 1, 1)
+            kbar = torch.addcmul(phi, decay.to(phi.dtype), state[:, :, None])
+        else:
+            kbar = leaky_average(phi, self.log_decay(), state)
         return kbar, kbar[:, :, -1]
 
 

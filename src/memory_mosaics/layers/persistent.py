@@ -49,8 +49,8 @@ class PersistentMemory(nn.Module):
     def _queries(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """q_t = beta_h kbar_t / ||kbar_t|| (or beta_h kbar_t), (B, H, T, Dh), and the key extractor's state."""
         kbar, key_state = self.key(x, key_state)
-        n = torch.full((x.shape[1],), self.kappa.shape[2], device=x.device)
-        beta = self.bandwidth(n).to(kbar.dtype)[None, :, :, None]
+        n = torch.full((1,), self.kappa.shape[2], device=x.device) if self.bandwidth.depends_on_count else None
+        beta = self.bandwidth(n).to(kbar.dtype)[None, :, :, None]  # (1, 1|H, 1, 1): every query sees N pairs
         return kbar * (inverse_norm(kbar) * beta if self.normalize else beta), key_state
 
     def _forward(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:

@@ -34,8 +34,7 @@ def _inverse_norm(x: Tensor) -> Tensor:
 
 def peek_mix(v_now: Tensor, v_next: Tensor, gamma: Tensor, alpha: Tensor | None) -> Tensor:
     """v from v~_t and v~_{t+1}, both (B, H, T, D) (the module docstring's two lines)."""
-    g = _heads(gamma, v_now)
-    vbar = g * v_now + (1 - g) * v_next
+    vbar = torch.lerp(v_next, v_now, _heads(gamma, v_now))  # gamma v_now + (1 - gamma) v_next
     if alpha is None:
         return vbar
     return vbar * (_heads(alpha, vbar) * _inverse_norm(vbar))
@@ -74,7 +73,7 @@ class PeekValue(torch.autograd.Function):
         if alpha is None:
             grad_vbar = grad
         else:
-            vbar = g * v_tilde + (1 - g) * v_next
+            vbar = torch.lerp(v_next, v_tilde, g)
             inv = _inverse_norm(vbar)
             vhat = vbar * inv
             dot = (vhat * grad).sum(-1, keepdim=True)
