@@ -150,6 +150,36 @@ def test_compiled_model_takes_the_fast_paths_where_is_exporting_lies(monkeypatch
     assert torch.export.export(_model(64, v2), (_tokens(9),)) is not None and export_forms  # export: its forms
 
 
+def test_v2_training_compiles_as_one_graph():
+    """v2's long-term skip m is drawn in every training forward: under torch.compile it is a tensor
+    read through a mask, so the training forward is one graph for every m (no graph break)."""
+    explanation = torch._dynamo.explain(_model(4, v2=True, n_layer=2).train())(_tokens(37))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_v2_compiled_training_equals_eager(monkeypatch):
+    """With m_lo = m_hi the draw is deterministic: the compiled training step (tensor m, masked
+    retrieval) gives eager mode's loss and gradients (int m, shifted retrieval)."""
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=8, dropout=0.0, attn_dropout=0.0)
+    model = MosaicLM(MosaicConfig(**sizes, **{**V2, "long_term_skip_min": 4, "long_term_skip_max": 4})).train()
+    idx, tgt = _tokens(33), _tokens(33, seed=2)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=False)
+    results = []
+    for fn in (model, compiled):
+        model.zero_grad()
+        _, loss = fn(idx, tgt)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch._dynamo.reset()
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-6, rtol=1e-5)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("head_size", [4, 64])
 def test_inductor_compiled_equals_eager(head_size):

@@ -75,14 +75,14 @@ class ContextualMemory(nn.Module):
         self.attn_dropout = attn_dropout
         self.resid_dropout = nn.Dropout(resid_dropout)
 
-    def visible_pairs(self, t: Tensor, min_lag: int | None = None) -> Tensor:
+    def visible_pairs(self, t: Tensor, min_lag: int | Tensor | None = None) -> Tensor:
         """Number of stored pairs the query at (0-based) time t may read: (T,) -> (T,)."""
         hi = t - (self.min_lag if min_lag is None else min_lag) + 1
         lo = torch.zeros_like(t) if self.max_lag is None else (t - self.max_lag).clamp(min=0)
         return (hi - lo).clamp(min=0)
 
     def _keys_and_queries(
-        self, x: Tensor, start: int, state: Tensor | None, min_lag: int | None = None
+        self, x: Tensor, start: int, state: Tensor | None, min_lag: int | Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Keys k_t (unit norm if normalize_keys) and queries q_t = beta(n_t) k_t, both (B, H, T, Dh),
         for the inputs x (B, T, d_in) at times start .. start + T - 1."""
@@ -96,7 +96,9 @@ class ContextualMemory(nn.Module):
         r = inverse_norm(kbar)
         return kbar * r, kbar * (r * beta), key_state
 
-    def _retrieve(self, x: Tensor, min_lag: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    def _retrieve(
+        self, x: Tensor, min_lag: int | Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         min_lag = self.min_lag if min_lag is None else min_lag
         k, q, key_state = self._keys_and_queries(x, 0, None, min_lag)
         v, v_tilde = self.value(x)
@@ -107,9 +109,10 @@ class ContextualMemory(nn.Module):
     def _output(self, y: Tensor) -> Tensor:
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
-    def forward(self, x: Tensor, min_lag: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, min_lag: int | Tensor | None = None) -> Tensor:
         """x (B, T, d_in) -> (B, T, d_out). The output at t uses inputs up to t only; ``min_lag``
-        overrides the memory's own for this call (v2's long-term memory draws it in training)."""
+        overrides the memory's own for this call (v2's long-term memory draws it in training; a
+        0-d tensor under ``torch.compile``)."""
         return self._output(self._retrieve(x, min_lag)[0])
 
     def attention(self, x: Tensor) -> Tensor:

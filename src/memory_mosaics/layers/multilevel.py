@@ -52,8 +52,16 @@ class ShortLongMemory(nn.Module):
         self.resid_dropout = nn.Dropout(resid_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        m = random.randint(*self.long_skip) if self.training else self.long_skip[0]
+        m = self._skip(x.device) if self.training else self.long_skip[0]
         return self.resid_dropout(self.c_proj(torch.cat([self.short(x), self.long(x, min_lag=m)], dim=-1)))
+
+    def _skip(self, device: torch.device) -> int | Tensor:
+        """m ~ U[m_lo, m_hi]: a Python int in eager mode; under ``torch.compile`` a 0-d tensor drawn
+        by torch's generator, which the long-term memory reads through a mask, so that one graph
+        serves every m (an int would be a graph break, or one graph per value)."""
+        if torch.compiler.is_compiling():
+            return torch.randint(self.long_skip[0], self.long_skip[1] + 1, (), device=device)
+        return random.randint(*self.long_skip)
 
     @torch.no_grad()
     def prefill(self, x: Tensor) -> tuple[Tensor, ShortLongState]:

@@ -41,7 +41,7 @@ def _check_lags(min_lag: int, max_lag: int | None) -> None:
         raise ValueError(f"max_lag ({max_lag}) must be >= min_lag ({min_lag})")
 
 
-def _allowed(T: int, min_lag: int, max_lag: int | None, device: torch.device) -> Tensor:
+def _allowed(T: int, min_lag: int | Tensor, max_lag: int | None, device: torch.device) -> Tensor:
     """(T, T) boolean: query t may read pair s iff min_lag <= t - s <= max_lag."""
     lag = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]
     allowed = lag >= min_lag
@@ -67,11 +67,17 @@ def causal_retrieval(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    min_lag: int = 1,
+    min_lag: int | Tensor = 1,
     max_lag: int | None = None,
     dropout_p: float = 0.0,
 ) -> Tensor:
-    """Fast retrieval: the small-head kernel where it applies, else SDPA with the shift trick."""
+    """Fast retrieval: the small-head kernel where it applies, else SDPA with the shift trick.
+
+    ``min_lag`` may be a 0-d integer tensor (v2's long-term skip drawn inside a compiled graph):
+    the shift then has no static size and the retrieval runs under the (T, T) mask of allowed pairs.
+    """
+    if isinstance(min_lag, Tensor):
+        return _masked_retrieval(q, k, v, min_lag, max_lag, dropout_p)
     _check_lags(min_lag, max_lag)
     if dropout_p == 0.0 and small_head.supports(q, k, v):
         return small_head.small_head_retrieval(q, k, v, min_lag, max_lag)
@@ -94,10 +100,13 @@ def causal_retrieval(
     return F.pad(out, (0, 0, min_lag, 0))  # the first min_lag queries see no pair: output 0
 
 
-def _masked_retrieval(q: Tensor, k: Tensor, v: Tensor, min_lag: int, max_lag: int | None) -> Tensor:
-    """Equation 2 by SDPA over the full (T, T) mask of allowed pairs: no branch on T (export)."""
+def _masked_retrieval(
+    q: Tensor, k: Tensor, v: Tensor, min_lag: int | Tensor, max_lag: int | None, dropout_p: float = 0.0
+) -> Tensor:
+    """Equation 2 by SDPA over the full (T, T) mask of allowed pairs: no branch on T (export) or on
+    a tensor ``min_lag``."""
     allowed = _allowed(q.shape[2], min_lag, max_lag, q.device)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=1.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=1.0)
     return torch.where(allowed.any(-1)[:, None], out, 0.0)  # a query with no pair outputs 0
 
 
