@@ -1,12 +1,15 @@
-"""Decoding speed: 256 new tokens after a 768-token prompt (batch 1, greedy, fp32).
+"""Decoding speed: 256 new tokens after a 768-token prompt (greedy, fp32).
 
 Compares MosaicLM with its memory as the cache, MosaicLM recomputing the full forward for every
-new token, and GPTLM with its KV cache.
+new token (batch 1), and GPTLM with its KV cache, at each batch size; with ``--compile`` also both
+models with their decoding step under ``torch.compile`` (timed after a warm-up generation that
+compiles it; the compilation time is printed).
 
-    python benchmarks/bench_decode.py [--prompt 768] [--new 256] [--repeats 3]
+    python benchmarks/bench_decode.py [--prompt 768] [--new 256] [--batch 1 8] [--repeats 3] [--compile]
 """
 
 import argparse
+import time
 
 import torch
 from common import best_time, gpt, header, mosaic
@@ -37,22 +40,37 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--prompt", type=int, default=768)
     p.add_argument("--new", type=int, default=256)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="also time compiled decoding steps")
     args = p.parse_args()
-    header(f"decoding {args.new} tokens after a {args.prompt}-token prompt, n_layer 4, d 256, batch 1")
+    header(f"decoding {args.new} tokens after a {args.prompt}-token prompt, n_layer 4, d 256")
     torch.manual_seed(0)
     m, g = mosaic().eval(), gpt(args.prompt + args.new).eval()
-    prompt = torch.randint(0, 8192, (1, args.prompt))
-    t_cache = best_time(lambda: m.generate(prompt, args.new, temperature=0), args.repeats)
-    t_gpt = best_time(lambda: g.generate(prompt, args.new, temperature=0), args.repeats)
-    t_full = recompute_time(m, args.prompt, args.new)
-    assert torch.equal(m.generate(prompt, 16, temperature=0), recompute(m, prompt, 16))
-    rate = lambda t: args.new / t  # noqa: E731
-    print(f"mosaic, memory as cache   {t_cache:7.2f} s  {rate(t_cache):7.1f} tokens/s")
-    print(f"mosaic, full recompute    {t_full:7.2f} s  {rate(t_full):7.1f} tokens/s  (from 5 timed forward lengths)")
-    print(f"gpt, KV cache             {t_gpt:7.2f} s  {rate(t_gpt):7.1f} tokens/s")
-    print(f"speed-up of the memory cache over recomputation: {t_full / t_cache:.1f}x")
-    print(f"mosaic cache time / gpt cache time: {t_cache / t_gpt:.2f}")
+    rate = lambda t, B: B * args.new / t  # noqa: E731
+    for B in args.batch:
+        prompt = torch.randint(0, 8192, (B, args.prompt))
+        modes = [False, True] if args.compile else [False]
+        times = {}
+        for compiled in modes:
+            for name, model in (("mosaic", m), ("gpt", g)):
+                options = {"compile": True} if compiled else {}
+                run = lambda model=model, options=options: model.generate(prompt, args.new, temperature=0, **options)  # noqa: E731
+                if compiled:
+                    torch._dynamo.reset()
+                    start = time.perf_counter()
+                    run()
+                    print(f"batch {B}: {name} compiled step: first generation {time.perf_counter() - start:.1f} s")
+                times[name, compiled] = t = best_time(run, args.repeats)
+                label = f"{name}, {'memory' if name == 'mosaic' else 'KV'} cache{', compiled' if compiled else ''}"
+                print(f"batch {B}: {label:32s} {t:7.2f} s  {rate(t, B):8.1f} tokens/s")
+            ratio = times["mosaic", compiled] / times["gpt", compiled]
+            print(f"batch {B}: mosaic cache time / gpt cache time{' (both compiled)' if compiled else ''}: {ratio:.2f}")
+        if B == 1:
+            t_full = recompute_time(m, args.prompt, args.new)
+            assert torch.equal(m.generate(prompt, 16, temperature=0), recompute(m, prompt, 16))
+            print(f"batch 1: mosaic, full recompute {t_full:7.2f} s  (from 5 timed forward lengths)")
+            print(f"batch 1: speed-up of the memory cache over recomputation: {t_full / times['mosaic', False]:.1f}x")
 
 
 if __name__ == "__main__":

@@ -179,3 +179,49 @@ def test_temperature_sampling_without_options_is_unchanged():
         probs = torch.softmax(model(prompt)[:, -1].float() / 0.5, -1)
     expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(7))
     assert int(out[0, -1]) == int(expected[0, 0])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_caches_are_preallocated_for_the_whole_generation(name, monkeypatch):
+    """generate reserves prompt + new tokens in every cache: no reallocation while decoding (40 + 100
+    tokens outgrow the default first capacity of 2 x 40)."""
+    from memory_mosaics.common import GrowingBuffer
+
+    grown, append = [], GrowingBuffer.append
+
+    def spy(self, x):
+        before = self.capacity
+        append(self, x)
+        grown.append(self.capacity != before)
+
+    monkeypatch.setattr(GrowingBuffer, "append", spy)
+    long_gpt = lambda: GPTLM(GPTConfig(vocab_size=V, n_layer=2, n_head=2, n_embd=16, block_size=256)).eval()  # noqa: E731
+    (long_gpt if name == "gpt" else MODELS[name])().generate(torch.randint(0, V, (2, 40)), 100, temperature=0)
+    assert grown and not any(grown)
+
+
+def _compile_with(backend):
+    real = torch.compile
+    return lambda fn, **kw: real(fn, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_compiled_step_gives_the_eager_tokens(name, monkeypatch):
+    """compile=True traces the decoding step once with dynamic shapes (the cache grows every step)
+    and decodes the eager tokens (aot_eager backend: the traced graphs, without code generation)."""
+    model, prompt = MODELS[name](), torch.randint(0, V, (3, 11))
+    eager = model.generate(prompt, 30, temperature=0)
+    monkeypatch.setattr(torch, "compile", _compile_with("aot_eager"))
+    torch._dynamo.reset()
+    compiled = model.generate(prompt, 30, temperature=0, compile=True)
+    torch._dynamo.reset()
+    assert torch.equal(compiled, eager)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_step_gives_the_eager_tokens():
+    model, prompt = mosaic(), torch.randint(0, V, (2, 9))
+    torch._dynamo.reset()
+    assert torch.equal(
+        model.generate(prompt, 20, temperature=0, compile=True), model.generate(prompt, 20, temperature=0)
+    )

@@ -4,7 +4,9 @@ buffer that holds a memory's stored pairs or a transformer's KV cache during dec
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import contextvars
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -43,12 +45,28 @@ class ResidualProjection(nn.Linear):
         super().__init__(d_in, d_out, bias=bias)
 
 
+_RESERVED: contextvars.ContextVar[int] = contextvars.ContextVar("reserved_length", default=0)
+
+
+@contextlib.contextmanager
+def reserve(length: int) -> Iterator[None]:
+    """Every :class:`GrowingBuffer` created inside holds ``length`` entries from the start: a
+    decoding loop that knows its final length (prompt + new tokens) then never reallocates its
+    caches (a static, preallocated cache), which also keeps a compiled step's shapes stable."""
+    token = _RESERVED.set(length)
+    try:
+        yield
+    finally:
+        _RESERVED.reset(token)
+
+
 class GrowingBuffer:
-    """A (B, H, n, D) tensor that grows along dim 2 with amortised O(1) appends (capacity doubling)."""
+    """A (B, H, n, D) tensor that grows along dim 2 with amortised O(1) appends (capacity doubling),
+    preallocated to the length given by :func:`reserve` when created inside it."""
 
     def __init__(self, initial: Tensor, min_capacity: int = 64):
         n = initial.shape[2]
-        cap = max(min_capacity, 2 * n)
+        cap = max(min_capacity, 2 * n, _RESERVED.get())
         self._data = initial.new_empty(*initial.shape[:2], cap, initial.shape[3])
         self._data[:, :, :n] = initial
         self.length = n
@@ -62,6 +80,11 @@ class GrowingBuffer:
             self._data = grown
         self._data[:, :, self.length : self.length + t] = x
         self.length += t
+
+    @property
+    def capacity(self) -> int:
+        """Entries it holds before it must reallocate."""
+        return self._data.shape[2]
 
     def view(self, start: int = 0, stop: int | None = None) -> Tensor:
         """Stored entries [start, stop) as a (B, H, stop - start, D) view."""

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-echo", action="store_true", help="print the continuation only, not the prompt")
     parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the decoding step (pays off on long generations)"
+    )
+    parser.add_argument(
         "--max-prompt-tokens",
         type=int,
         default=DEFAULT_MAX_PROMPT_TOKENS,
@@ -134,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
             args.top_k,
             eos_token=tokenizer.eot_id,
             generator=generator,
+            compile=args.compile,
         )
     ):
         if i == 0 and len(ids) > PROGRESS_TOKENS:

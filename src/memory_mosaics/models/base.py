@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import Tensor
 
+from ..common import reserve
 from ..io import atomic_write, atomic_write_text
 from .generation import RaggedPrefill, Sampling, StopStrings, prompt_lengths
 
@@ -220,6 +221,7 @@ class LanguageModel(nn.Module, abc.ABC):
         stop_strings: Sequence[str] = (),
         decode: Callable[[list[int]], str] | None = None,
         pad_token: int | None = None,
+        compile: bool = False,
     ) -> Iterator[Tensor]:
         """Yield new tokens (B, 1) one at a time (streaming). temperature 0 means greedy;
         top_k, top_p and repetition_penalty as :class:`~.generation.Sampling`.
@@ -229,6 +231,11 @@ class LanguageModel(nn.Module, abc.ABC):
         its generated text (``decode``: ids -> text) contains one of ``stop_strings``; from then on
         it produces ``pad_token`` (default: ``eos_token``, else 0), and iteration stops when every
         row is finished.
+
+        The caches are preallocated to the prompt plus ``max_new_tokens`` (:func:`~..common.reserve`).
+        ``compile``: run each decoding step through ``torch.compile`` (dynamic shapes: one
+        compilation serves every cache length; worth its compilation time on long generations,
+        ``docs/benchmarks.md``).
         """
         self.check_tokens(idx)
         if max_new_tokens < 0:
@@ -249,7 +256,9 @@ class LanguageModel(nn.Module, abc.ABC):
         was_training = self.training
         self.eval()
         try:
-            state = RaggedPrefill(self, idx.long(), lengths)
+            step = torch.compile(self.step, dynamic=True) if compile else None
+            with reserve(T + max_new_tokens):
+                state = RaggedPrefill(self, idx.long(), lengths, step)
             logits = state.logits
             finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
             for i in range(max_new_tokens):
@@ -271,6 +280,6 @@ class LanguageModel(nn.Module, abc.ABC):
     def generate(self, idx: Tensor, max_new_tokens: int, **sampling) -> Tensor:
         """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + n). ``sampling``:
         :meth:`iter_generate`'s options (temperature, top_k, top_p, repetition_penalty, eos_token,
-        generator, attention_mask, stop_strings and decode, pad_token)."""
+        generator, attention_mask, stop_strings and decode, pad_token, compile)."""
         new = list(self.iter_generate(idx, max_new_tokens, **sampling))
         return torch.cat([idx.long(), *new], dim=1)

@@ -98,11 +98,13 @@ class RaggedPrefill:
     """Decoding state of a batch of prompts of different lengths: one state per group of rows of
     equal length, each prefilled on its rows' real tokens only.
 
-    ``model`` provides ``prefill(idx) -> (logits (b, V), state)`` and ``step(idx (b, 1), state) -> logits``.
+    ``model`` provides ``prefill(idx) -> (logits (b, V), state)`` and ``step(idx (b, 1), state) -> logits``;
+    ``step``, if given, replaces ``model.step`` (e.g. a compiled one).
     """
 
-    def __init__(self, model: Any, idx: Tensor, lengths: Tensor):
+    def __init__(self, model: Any, idx: Tensor, lengths: Tensor, step: Callable[[Tensor, Any], Tensor] | None = None):
         self.model = model
+        self._step = model.step if step is None else step
         self.groups: list[tuple[Tensor, Any]] = []
         B, T = idx.shape
         logits = None
@@ -119,7 +121,7 @@ class RaggedPrefill:
         """Feed tokens (B, 1), one per row; return the logits (B, V)."""
         logits = None
         for rows, state in self.groups:
-            group_logits = self.model.step(tokens[rows], state)
+            group_logits = self._step(tokens[rows], state)
             if logits is None:
                 logits = group_logits.new_empty(tokens.shape[0], group_logits.shape[-1])
             logits[rows] = group_logits
