@@ -39,8 +39,9 @@ test-wheel: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	cd benchmarks && ../$(BIN)/python bench_leaky_average.py && ../$(BIN)/python bench_train_step.py \
-	  && ../$(BIN)/python bench_decode.py && ../$(BIN)/python bench_memory.py && ../$(BIN)/python bench_memory.py --grad && ../$(BIN)/python bench_memory.py --saved \
-	  && ../$(BIN)/python bench_small_head.py
+	  && ../$(BIN)/python bench_decode.py --compile && ../$(BIN)/python bench_memory.py && ../$(BIN)/python bench_memory.py --grad \
+	  && ../$(BIN)/python bench_memory.py --grad --mmap-threshold 65536 && ../$(BIN)/python bench_memory.py --saved \
+	  && ../$(BIN)/python bench_v2_scaling.py && ../$(BIN)/python bench_small_head.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

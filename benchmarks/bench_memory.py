@@ -6,11 +6,17 @@ short warm-up; with ``--grad`` the forward keeps what backward needs (training).
 counts instead, exactly, the bytes of the distinct tensors autograd keeps for backward (the
 activations of a training forward, parameters excluded): deterministic, unlike the RSS.
 
-    python benchmarks/bench_memory.py [--T 4096] [--grad | --saved]
+``--mmap-threshold BYTES`` runs the children with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed: every
+block above it is returned to the system when freed, so the RSS follows the live tensors; by default
+glibc raises its threshold after each large free and keeps such blocks in the heap, where they count
+in the RSS although no tensor lives there.
+
+    python benchmarks/bench_memory.py [--T 4096] [--grad | --saved] [--mmap-threshold 65536]
 """
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -50,9 +56,10 @@ def saved_bytes(kind: str, T: int) -> int:
     return sum(seen.values())
 
 
-def measure(kind: str, T: int, grad: bool) -> float:
+def measure(kind: str, T: int, grad: bool, mmap_threshold: int | None) -> float:
     cmd = [sys.executable, __file__, "--child", kind, "--T", str(T)] + (["--grad"] if grad else [])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ, **({"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold)} if mmap_threshold else {}))
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_growth_mib"]
 
 
@@ -61,6 +68,7 @@ def main():
     p.add_argument("--T", type=int, default=4096)
     p.add_argument("--grad", action="store_true", help="forward with autograd (training) instead of inference")
     p.add_argument("--saved", action="store_true", help="exact bytes autograd keeps for backward instead of RSS")
+    p.add_argument("--mmap-threshold", type=int, help="glibc MALLOC_MMAP_THRESHOLD_ for the measured processes")
     p.add_argument("--child", choices=["mosaic", "gpt"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -73,8 +81,9 @@ def main():
         print(f"mosaic / gpt saved activations: {mib['mosaic'] / mib['gpt']:.2f}")
         return
     mode = "training forward (grad)" if args.grad else "inference forward (no grad)"
-    header(f"peak memory, {mode}, T={args.T}, batch 1, n_layer 4, d 256, vocab 8192")
-    mib = {kind: measure(kind, args.T, args.grad) for kind in ("mosaic", "gpt")}
+    allocator = f", mmap threshold {args.mmap_threshold}" if args.mmap_threshold else ""
+    header(f"peak memory, {mode}, T={args.T}, batch 1, n_layer 4, d 256, vocab 8192{allocator}")
+    mib = {kind: measure(kind, args.T, args.grad, args.mmap_threshold) for kind in ("mosaic", "gpt")}
     for kind, value in mib.items():
         print(f"{kind:6s} peak growth {value:8.1f} MiB")
     print(f"mosaic / gpt peak memory: {mib['mosaic'] / mib['gpt']:.2f}")

@@ -114,17 +114,24 @@ def test_compile_fullgraph_no_graph_break(head_size):
 def test_compiled_equals_eager_with_gradients(head_size, v2):
     """torch.compile(fullgraph=True) through AOT autograd (the custom op's fake implementation and
     autograd formula): logits, loss and gradients as in eager mode."""
-    model = _model(head_size, v2)  # eval mode (no dropout anyway): v2's long-term lag m fixed at m_lo
+    _assert_compiled_step_equals_eager(_model(head_size, v2))  # eval mode: v2's long-term lag m fixed at m_lo
+
+
+def _assert_compiled_step_equals_eager(model: MosaicLM) -> None:
+    """torch.compile(fullgraph=True, aot_eager) of ``model``: the eager logits, loss and gradients."""
     idx, tgt = _tokens(33), _tokens(33, seed=2)
+    torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=False)
     results = []
     for fn in (model, compiled):
         model.zero_grad()
         logits, loss = fn(idx, tgt)
         loss.backward()
-        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
-    (eager_logits, eager_grads), (compiled_logits, compiled_grads) = results
+        results.append((logits.detach(), loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch._dynamo.reset()
+    (eager_logits, eager_loss, eager_grads), (compiled_logits, compiled_loss, compiled_grads) = results
     torch.testing.assert_close(compiled_logits, eager_logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-6, rtol=1e-5)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
@@ -158,26 +165,13 @@ def test_v2_training_compiles_as_one_graph():
     assert explanation.graph_count == 1
 
 
-def test_v2_compiled_training_equals_eager(monkeypatch):
+def test_v2_compiled_training_equals_eager():
     """With m_lo = m_hi the draw is deterministic: the compiled training step (tensor m, masked
     retrieval) gives eager mode's loss and gradients (int m, shifted retrieval)."""
     torch.manual_seed(0)
     sizes = dict(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=8, dropout=0.0, attn_dropout=0.0)
     model = MosaicLM(MosaicConfig(**sizes, **{**V2, "long_term_skip_min": 4, "long_term_skip_max": 4})).train()
-    idx, tgt = _tokens(33), _tokens(33, seed=2)
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=False)
-    results = []
-    for fn in (model, compiled):
-        model.zero_grad()
-        _, loss = fn(idx, tgt)
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    torch._dynamo.reset()
-    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
-    torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-6, rtol=1e-5)
-    for a, b in zip(compiled_grads, eager_grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    _assert_compiled_step_equals_eager(model)
 
 
 @pytest.mark.slow

@@ -28,6 +28,8 @@ from ..common import reserve
 from ..io import atomic_write, atomic_write_text
 from .generation import RaggedPrefill, Sampling, StopStrings, prompt_lengths
 
+RESERVED_NEW_TOKENS = 8192  # generate preallocates its caches for at most this many new tokens
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 IGNORE_INDEX = -100
@@ -232,7 +234,9 @@ class LanguageModel(nn.Module, abc.ABC):
         it produces ``pad_token`` (default: ``eos_token``, else 0), and iteration stops when every
         row is finished.
 
-        The caches are preallocated to the prompt plus ``max_new_tokens`` (:func:`~..common.reserve`).
+        The caches are preallocated to the prompt plus ``max_new_tokens`` (:func:`~..common.reserve`;
+        at most :data:`RESERVED_NEW_TOKENS` new tokens: a larger budget, which a generation stopped
+        at ``eos_token`` may never use, grows the caches as it goes).
         ``compile``: run each decoding step through ``torch.compile`` (dynamic shapes: one
         compilation serves every cache length; worth its compilation time on long generations,
         ``docs/benchmarks.md``).
@@ -257,7 +261,7 @@ class LanguageModel(nn.Module, abc.ABC):
         self.eval()
         try:
             step = torch.compile(self.step, dynamic=True) if compile else None
-            with reserve(T + max_new_tokens):
+            with reserve(T + min(max_new_tokens, RESERVED_NEW_TOKENS)):
                 state = RaggedPrefill(self, idx.long(), lengths, step)
             logits = state.logits
             finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
