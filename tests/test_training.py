@@ -424,6 +424,25 @@ def test_generate_streams_text(mosaic_run, monkeypatch):
     assert not "".join(rec.chunks).startswith("Tom went to")
 
 
+def test_generate_stops_before_a_stop_text_and_takes_the_sampling_options(mosaic_run, monkeypatch):
+    """--stop: the output ends right before the first occurrence of the stop text in the greedy
+    continuation, and never shows any part of it; --top-p and --repetition-penalty are accepted."""
+    out, _ = mosaic_run
+    rec = Recorder()
+    monkeypatch.setattr(sys, "stdout", rec)
+    base = ["generate", "--checkpoint", str(out), "--prompt", "Once upon a time", "--temperature", "0", "--no-echo"]
+    assert cli.main([*base, "--max-new-tokens", "20"]) == 0
+    full = "".join(rec.chunks).rstrip("\n")
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert len(stop) == 3 and stop.strip(), full
+    rec.chunks.clear()
+    assert cli.main([*base, "--max-new-tokens", "20", "--stop", stop]) == 0
+    assert "".join(rec.chunks) == full[: full.index(stop)] + "\n"
+    rec.chunks.clear()
+    args = [*base, "--max-new-tokens", "5", "--top-p", "0.9", "--repetition-penalty", "1.3", "--temperature", "1"]
+    assert cli.main([*args, "--seed", "0"]) == 0 and "".join(rec.chunks).strip()
+
+
 def test_reference_warmup_starts_at_zero():
     """The authors' get_cosine_lr: lr * it / warmup during warm-up, cosine from the end of warm-up."""
     from memory_mosaics.training.optim import warmup_cosine

@@ -19,8 +19,10 @@ def exporting() -> bool:
     Not ``torch.compiler.is_exporting()``: before torch 2.13, dynamo replaced that call by the
     constant True, under ``torch.compile`` too (pytorch/pytorch#176347), so compiled models ran the
     export forms (O(T^2) leaky average, masked retrieval). The flag export sets is read instead,
-    which dynamo reads as its value (False under ``torch.compile``)."""
-    return bool(getattr(torch.compiler, "_is_exporting_flag", False))
+    which dynamo reads as its value (False under ``torch.compile``); a torch without that flag falls
+    back to ``torch.compiler.is_exporting()``."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)
 
 
 def split_heads(x: Tensor, n_head: int) -> Tensor:

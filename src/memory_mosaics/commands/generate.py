@@ -4,7 +4,8 @@
     echo "Lily saw a cat." | mosaics generate --checkpoint runs/mosaic --temperature 0.8 --top-k 50
 
 The prompt is preceded by the end-of-text token (the start of a document in training); generation
-stops at the next end-of-text token or after ``--max-new-tokens``.
+stops at the next end-of-text token, before the first ``--stop`` text, or after ``--max-new-tokens``;
+``--top-p`` and ``--repetition-penalty`` shape the sampling as in ``LanguageModel.iter_generate``.
 
 Options are checked before the model is loaded: ``--temperature`` is 0 (greedy) or a finite number
 >= ``MIN_TEMPERATURE`` (1e-3; below it sampling is greedy in effect and the scaled logits overflow),
@@ -36,6 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=1.0, help=f"0 means greedy, else >= {MIN_TEMPERATURE:g}")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    parser.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling: the most likely tokens up to mass p"
+    )
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=None, help="divide the positive logits of tokens already seen by it"
+    )
+    parser.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: random)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-echo", action="store_true", help="print the continuation only, not the prompt")
@@ -59,6 +69,13 @@ def check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got {t!r}")
     if args.top_k is not None and args.top_k <= 0:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    r = args.repetition_penalty
+    if r is not None and not (r > 0 and math.isfinite(r)):
+        raise ValueError(f"--repetition-penalty must be a finite number > 0, got {r}")
+    if any(not stop for stop in args.stop):
+        raise ValueError("--stop needs a non-empty text")
     if args.max_prompt_tokens < 1:
         raise ValueError(f"--max-prompt-tokens must be >= 1, got {args.max_prompt_tokens}")
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
@@ -90,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..models import load_pretrained
+    from ..models.generation import truncate_at_stop
     from ..training.checkpoint import resolve_checkpoint
     from ..training.distributed import resolve_device
     from ._checks import check_forward_fits, check_saved_model, load_checkpoint_tokenizer
@@ -137,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
             args.top_k,
             eos_token=tokenizer.eot_id,
             generator=generator,
+            top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty,
+            stop_strings=args.stop,
+            decode=tokenizer.decode,
             compile=args.compile,
         )
     ):
@@ -149,9 +171,20 @@ def run(args: argparse.Namespace) -> int:
         text = tokenizer.decode(new)
         if text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             continue
-        out.write(text[shown:])
-        out.flush()
-        shown = len(text)
-    out.write(tokenizer.decode(new)[shown:] + "\n")
+        safe = len(text) - _held_back(text, args.stop)
+        if safe > shown:
+            out.write(text[shown:safe])
+            out.flush()
+            shown = safe
+    out.write(truncate_at_stop(tokenizer.decode(new), args.stop)[shown:] + "\n")
     out.flush()
     return 0
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of ``text`` may still become (or are) a stop string: they are
+    written only once the continuation shows they are not one."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    if found:
+        return len(text) - min(found)
+    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
