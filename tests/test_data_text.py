@@ -226,6 +226,12 @@ def test_cache_rebuilds_only_when_source_or_tokenizer_changes(tmp_path):
     assert build(source, cache, separator="blank").built
     (cache / TOKENS_FILE).write_bytes(b"\0\0")  # truncated stream
     assert build(source, cache, separator="blank").built
+    stream = bytearray((cache / TOKENS_FILE).read_bytes())
+    stream[3] ^= 1  # one bit flipped in place: same size, same manifest
+    (cache / TOKENS_FILE).write_bytes(bytes(stream))
+    rebuilt = build(source, cache, separator="blank")
+    assert rebuilt.built and bytes(rebuilt.tokens) != bytes(stream)
+    assert not build(source, cache, separator="blank").built
     assert build(DOCS, cache).built and not build(list(DOCS), cache).built
 
 

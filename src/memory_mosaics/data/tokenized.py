@@ -3,7 +3,9 @@
 ``cache_dir`` holds ``tokens.bin`` (every document's ids followed by the end-of-text id, as raw
 uint16 when the vocabulary fits, else uint32) and ``manifest.json`` (what it was built from).
 :meth:`TokenizedCorpus.build_or_load` reuses the cache while the source bytes, the reader settings
-and the tokenizer are unchanged, and rebuilds it otherwise. One cache directory holds one corpus.
+and the tokenizer are unchanged, and the stream itself hashes to the sha256 its manifest recorded
+when it was written (so a stream edited in place, even at the same size, is rebuilt); it rebuilds it
+otherwise. One cache directory holds one corpus.
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ def _build(cache_dir: Path, docs: Sequence[str], tokenizer: Tokenizer, key: dict
     (cache_dir / MANIFEST_FILE).unlink(missing_ok=True)
     num_tokens = 0
 
+    stream_hash = hashlib.sha256()
+
     def write_tokens(tmp: str) -> None:
         nonlocal num_tokens
         with (
@@ -161,7 +165,9 @@ def _build(cache_dir: Path, docs: Sequence[str], tokenizer: Tokenizer, key: dict
                 for ids in tokenizer.encode_batch(docs[i : i + ENCODE_BATCH_DOCS]):
                     flat.extend(ids)
                     flat.append(tokenizer.eot_id)
-                np.asarray(flat, dtype=key["dtype"]).tofile(out)
+                chunk = np.asarray(flat, dtype=key["dtype"]).tobytes()
+                out.write(chunk)
+                stream_hash.update(chunk)
                 num_tokens += len(flat)
                 bar.update(min(ENCODE_BATCH_DOCS, len(docs) - i))
 
@@ -174,6 +180,7 @@ def _build(cache_dir: Path, docs: Sequence[str], tokenizer: Tokenizer, key: dict
         "eot_id": tokenizer.eot_id,
         "num_tokens": num_tokens,
         "num_documents": len(docs),
+        "tokens_sha256": stream_hash.hexdigest(),
     }
     atomic_write_text(cache_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
 
@@ -184,10 +191,13 @@ def _cache_matches(cache_dir: Path, key: dict) -> bool:
         size = (cache_dir / TOKENS_FILE).stat().st_size
     except (OSError, json.JSONDecodeError):
         return False
-    return (
+    if not (
         all(manifest.get(k) == key[k] for k in _KEY_FIELDS)
         and size == manifest.get("num_tokens", -1) * np.dtype(key["dtype"]).itemsize
-    )
+    ):
+        return False
+    with open(cache_dir / TOKENS_FILE, "rb") as f:  # the stream as written, byte for byte
+        return hashlib.file_digest(f, "sha256").hexdigest() == manifest.get("tokens_sha256")
 
 
 def _files_sha256(files: Sequence[Path]) -> str:
