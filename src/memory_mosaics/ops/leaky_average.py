@@ -15,10 +15,10 @@ Two implementations with the same signature:
   O(T * C), never T x T.
 * :func:`leaky_average_scan` is exact and elementwise: recursive doubling (Hillis-Steele), where
   pass k adds to each step the partial sum ending k steps earlier, times the product of the k
-  decays in between: ceil(log2 T) passes over the sequence, no matmul. It is the GPU path: under
-  ``torch.compile`` the chunked form's small decay-matrix products become fused reductions that
-  recompute the decay matrix for every feature (measured 4.2 ms of a 12 ms block at T 2048 on an
-  H200, ``docs/benchmarks.md``), while each doubling pass is one memory-bound kernel.
+  decays in between: ceil(log2 T) passes over the sequence, no matmul. It is the default off the
+  CPU because under ``torch.compile`` each pass is one fused, memory-bound kernel, with no small
+  batched matrix products to hand to the compiler; which form is faster on a GPU is not measured
+  yet (``benchmarks/bench_gpu_ops.py`` times both, ``docs/benchmarks.md``).
 * :func:`leaky_average_matrix` multiplies by the full (T x T) decay matrix: no branch or reshape
   depends on T, so ``torch.export`` records one graph for every length >= 1 (:func:`leaky_average`
   uses it while exporting). Memory O(T^2).
