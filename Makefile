@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 OUT ?= runs
 
-.PHONY: demo test test-all test-wheel lint format bench clean
+.PHONY: demo test test-all test-wheel lint format bench bench-gpu clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(BIN)/.installed
 	  && ../$(BIN)/python bench_decode.py --compile && ../$(BIN)/python bench_memory.py && ../$(BIN)/python bench_memory.py --grad \
 	  && ../$(BIN)/python bench_memory.py --grad --mmap-threshold 65536 && ../$(BIN)/python bench_memory.py --saved \
 	  && ../$(BIN)/python bench_v2_scaling.py && ../$(BIN)/python bench_small_head.py
+
+# on a CUDA machine: whole models (tokens/s, MFU, kernel profiles) and a block part by part
+bench-gpu: $(BIN)/.installed
+	mkdir -p results && cd benchmarks && ../$(BIN)/python bench_gpu_paper.py --depths 12 --modes compile \
+	  --contexts 512 2048 --profile ../results/gpu_profiles --budget-s 600 --out ../results/gpu_paper.json \
+	  && ../$(BIN)/python bench_gpu_ops.py --out ../results/gpu_ops.json
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
