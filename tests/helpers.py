@@ -1,6 +1,19 @@
-"""Shared by the tests: a training run small enough to take seconds on a CPU."""
+"""Shared by the tests: a training run small enough to take seconds on a CPU, and the v2 switches."""
 
 from memory_mosaics.training.config import TrainConfig
+
+
+def v2_switches(window: int, skip_min: int, skip_max: int) -> dict:
+    """Every v2 switch of MosaicConfig (spec section 5): gated keys, adaptive bandwidth, short- and
+    long-term memories (window h, long-term skip m in [skip_min, skip_max]) and the SwiGLU P-mem."""
+    return dict(
+        key_extractor="gated",
+        bandwidth="adaptive",
+        short_term_window=window,
+        long_term_skip_min=skip_min,
+        long_term_skip_max=skip_max,
+        persistent="swiglu",
+    )
 
 
 def tiny_train_config(train, **overrides) -> TrainConfig:

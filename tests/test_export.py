@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from helpers import v2_switches
 
 from memory_mosaics import MosaicConfig, MosaicLM
 from memory_mosaics.ops import causal_retrieval, causal_retrieval_reference, small_head
@@ -14,14 +15,7 @@ from memory_mosaics.ops.leaky_average import leaky_average_matrix, leaky_average
 
 needs_kernel = pytest.mark.skipif(not small_head.available(), reason="no C compiler: small-head kernel not built")
 VOCAB = 40
-V2 = dict(
-    key_extractor="gated",
-    bandwidth="adaptive",
-    short_term_window=6,
-    long_term_skip_min=3,
-    long_term_skip_max=5,
-    persistent="swiglu",
-)
+V2 = v2_switches(window=6, skip_min=3, skip_max=5)
 
 
 def _model(head_size: int, v2: bool, n_layer: int = 1) -> MosaicLM:

@@ -3,6 +3,7 @@ prompts of different lengths (each row as when decoded alone)."""
 
 import pytest
 import torch
+from helpers import v2_switches
 
 from memory_mosaics import GPTLM, GPTConfig, MosaicConfig, MosaicLM
 from memory_mosaics.models.generation import Sampling, prompt_lengths, truncate_at_stop
@@ -15,21 +16,8 @@ def mosaic():
 
 
 def mosaic_v2():
-    cfg = MosaicConfig(
-        vocab_size=V,
-        n_layer=2,
-        n_head=2,
-        n_embd=16,
-        dropout=0.0,
-        attn_dropout=0.0,
-        key_extractor="gated",
-        bandwidth="adaptive",
-        short_term_window=4,
-        long_term_skip_min=3,
-        long_term_skip_max=5,
-        persistent="swiglu",
-    )
-    return MosaicLM(cfg).eval()
+    sizes = dict(vocab_size=V, n_layer=2, n_head=2, n_embd=16, dropout=0.0, attn_dropout=0.0)
+    return MosaicLM(MosaicConfig(**sizes, **v2_switches(window=4, skip_min=3, skip_max=5))).eval()
 
 
 def gpt():

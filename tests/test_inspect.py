@@ -5,6 +5,7 @@ model's logits, and the copy score counts what it says."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import v2_switches
 
 from memory_mosaics import MosaicConfig, MosaicLM
 from memory_mosaics.common import merge_heads
@@ -93,18 +94,7 @@ def branch_name(block, module):
 MODELS = {
     "mosaic-v1": lambda: MosaicLM(MosaicConfig(vocab_size=V, n_layer=2, n_head=2, n_embd=16, pmem_size=12)),
     "mosaic-v2": lambda: MosaicLM(
-        MosaicConfig(
-            vocab_size=V,
-            n_layer=2,
-            n_head=2,
-            n_embd=16,
-            key_extractor="gated",
-            bandwidth="adaptive",
-            short_term_window=4,
-            long_term_skip_min=6,
-            long_term_skip_max=9,
-            persistent="swiglu",
-        )
+        MosaicConfig(vocab_size=V, n_layer=2, n_head=2, n_embd=16, **v2_switches(window=4, skip_min=6, skip_max=9))
     ),
     "mosaic-v2-bank": lambda: MosaicLM(
         MosaicConfig(vocab_size=V, n_layer=1, n_head=4, n_embd=16, short_term_window=3, long_term_skip_min=2)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import v2_switches
 
 from memory_mosaics import GPTLM, GPTConfig, MosaicConfig, MosaicLM, load_pretrained
 
@@ -23,14 +24,7 @@ def gpt(**kw):
 MODELS = {
     "mosaic": mosaic,
     "mosaic-v2": lambda: mosaic(key_extractor="gated", bandwidth="adaptive"),
-    "mosaic-v2-memories": lambda: mosaic(
-        key_extractor="gated",
-        bandwidth="adaptive",
-        persistent="swiglu",
-        short_term_window=8,
-        long_term_skip_min=4,
-        long_term_skip_max=12,
-    ),
+    "mosaic-v2-memories": lambda: mosaic(**v2_switches(window=8, skip_min=4, skip_max=12)),
     "gpt": gpt,
 }
 

@@ -25,6 +25,13 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() if flag is None else bool(flag)
 
 
+def inverse_norm(x: Tensor) -> Tensor:
+    """1 / ||x|| over the last dim, shape (..., 1), in x's dtype (under autocast the sum and rsqrt run
+    in fp32 and would otherwise promote every key, query and value to fp32): multiply by it (cheaper
+    to differentiate than a division)."""
+    return torch.rsqrt(x.square().sum(dim=-1, keepdim=True)).to(x.dtype)
+
+
 def split_heads(x: Tensor, n_head: int) -> Tensor:
     """(B, T, H * Dh) -> (B, H, T, Dh)."""
     B, T, C = x.shape

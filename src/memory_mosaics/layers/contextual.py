@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..common import GrowingBuffer, merge_heads
+from ..common import GrowingBuffer, inverse_norm, merge_heads
 from ..ops.retrieval import causal_retrieval, causal_retrieval_weights, memory_readout
-from .extractors import PeekValue, inverse_norm
+from .extractors import PeekValue
 
 
 @dataclass

@@ -34,13 +34,6 @@ def per_head_scalars(module: nn.Module, name: str, init: Tensor, learn: bool = T
         module.register_buffer(name, init)
 
 
-def inverse_norm(x: Tensor) -> Tensor:
-    """1 / ||x|| over the last dim, shape (..., 1), in x's dtype (under autocast the sum and rsqrt run
-    in fp32 and would otherwise promote every key, query and value to fp32): multiply by it (cheaper
-    to differentiate than a division)."""
-    return torch.rsqrt(x.square().sum(dim=-1, keepdim=True)).to(x.dtype)
-
-
 class LinearKey(nn.Module):
     """Plain linear key ``k_t = W_phi x_t`` (no memory of the past: three moons, and the "current" ablation)."""
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..common import frozen, merge_heads
+from ..common import frozen, inverse_norm, merge_heads
 from ..ops.retrieval import memory_readout
-from .extractors import EXP_SCALE, inverse_norm
+from .extractors import EXP_SCALE
 
 
 class PersistentMemory(nn.Module):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..common import exporting
+from ..common import exporting, inverse_norm
 
 
 def _heads(p: Tensor, like: Tensor) -> Tensor:
@@ -28,16 +28,12 @@ def _heads(p: Tensor, like: Tensor) -> Tensor:
     return p.view(1, -1, 1, 1).to(like.dtype)
 
 
-def _inverse_norm(x: Tensor) -> Tensor:
-    return torch.rsqrt(x.square().sum(-1, keepdim=True)).to(x.dtype)
-
-
 def peek_mix(v_now: Tensor, v_next: Tensor, gamma: Tensor, alpha: Tensor | None) -> Tensor:
     """v from v~_t and v~_{t+1}, both (B, H, T, D) (the module docstring's two lines)."""
     vbar = torch.lerp(v_next, v_now, _heads(gamma, v_now))  # gamma v_now + (1 - gamma) v_next
     if alpha is None:
         return vbar
-    return vbar * (_heads(alpha, vbar) * _inverse_norm(vbar))
+    return vbar * (_heads(alpha, vbar) * inverse_norm(vbar))
 
 
 def _next(v_tilde: Tensor) -> Tensor:
@@ -74,7 +70,7 @@ class PeekValue(torch.autograd.Function):
             grad_vbar = grad
         else:
             vbar = torch.lerp(v_next, v_tilde, g)
-            inv = _inverse_norm(vbar)
+            inv = inverse_norm(vbar)
             vhat = vbar * inv
             dot = (vhat * grad).sum(-1, keepdim=True)
             grad_vbar = (_heads(alpha, vbar) * inv) * (grad - vhat * dot)
