@@ -2,16 +2,19 @@
 
     python benchmarks/bench_gpu_paper.py [--depths 1 12] [--contexts 512] [--tokens 16384] [--steps 10]
                                          [--modes eager compile] [--dropout authors|off]
-                                         [--profile DIR] [--budget-s 150] [--out FILE.json]
+                                         [--leaky auto|chunked|scan] [--profile DIR] [--budget-s 150]
+                                         [--out FILE.json]
 
 For each context, depth, mode (eager, ``torch.compile``) and model (Mosaic, GPT-2) of the paper's
 size (d 768, 12 heads, vocabulary 50304, the Mosaic with P-mem 2688) it times forward + backward +
 AdamW steps under bf16 autocast on ``--tokens`` tokens per step (micro-batch = tokens / context; the
 default is the paper preset's 32 sequences of 512) of random tokens, and prints tokens/s, peak
 memory and MFU. ``--dropout authors``: the Mosaic with the authors' dropouts (residual 0.05, P-mem
-retrieval 0.05), GPT-2 with 0.05; ``off``: none. ``--profile DIR`` profiles two more steps of each
-configuration with ``torch.profiler`` and writes the kernels that took the most GPU time to
-``DIR/<model>-<depth>-<mode>-T<context>.txt``. Model FLOPs per token (nanoGPT's convention): 6 N + 12 L d T, N the
+retrieval 0.05), GPT-2 with 0.05; ``off``: none. ``--leaky``: the Mosaic's leaky-average form
+(``ops.leaky_average.use_method``; ``auto``, the default, is the doubling scan on a GPU).
+``--profile DIR`` profiles two more steps of each configuration with ``torch.profiler`` and writes the
+kernels that took the most GPU time to ``DIR/<model>-<depth>-<mode>-T<context>.txt``. Model FLOPs
+per token (nanoGPT's convention): 6 N + 12 L d T, N the
 parameters that take part in matrix products (the tied embedding counted once, as the output
 layer; GPT-2's position table excluded), the second term the T x T retrieval/attention products; the
 P-mem's retrieval is in 6 N through its banks. MFU divides by the GPU's dense bf16 peak
@@ -31,6 +34,7 @@ import time
 import torch
 
 from memory_mosaics import GPTLM, GPTConfig, MosaicConfig, MosaicLM
+from memory_mosaics.ops.leaky_average import METHODS, use_method
 
 PAPER = dict(vocab_size=50304, n_head=12, n_embd=768)
 
@@ -141,6 +145,7 @@ def main() -> None:
     p.add_argument("--contexts", type=int, nargs="+", default=[512])
     p.add_argument("--tokens", type=int, default=16384, help="tokens per step: micro-batch = tokens / context")
     p.add_argument("--dropout", choices=["authors", "off"], default="authors")
+    p.add_argument("--leaky", choices=["auto", *METHODS], default="auto", help="the Mosaic's leaky-average form")
     p.add_argument("--profile", metavar="DIR", help="profile each configuration; kernel tables to DIR")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, default=989.0)
@@ -162,12 +167,15 @@ def main() -> None:
             continue
         micro_batch = max(1, args.tokens // context)
         try:
-            r = measure(kind, depth, mode, context, micro_batch, dropout, args.steps, args.peak_tflops, args.profile)
+            with use_method(None if args.leaky == "auto" else args.leaky):
+                r = measure(
+                    kind, depth, mode, context, micro_batch, dropout, args.steps, args.peak_tflops, args.profile
+                )
         except Exception as err:  # keep measuring the other configurations; record why this one failed
             results.append({"model": kind, "depth": depth, "mode": mode, "context": context, "error": repr(err)[:500]})
             print(f"{name} failed: {err!r}"[:300], flush=True)
             continue
-        results.append(r)
+        results.append(r | {"leaky": args.leaky})
         print(
             f"{name} {r['step_ms']:8.1f} ms/step {r['tokens_per_s']:10.0f} tok/s "
             f"{r['model_tflops']:6.1f} TFLOP/s  MFU {r['mfu']:.3f}  peak {r['peak_memory_gib']:.1f} GiB",

@@ -1,6 +1,8 @@
 """The leaky average's own backward (a leaky average backwards in time) against autograd through
 the literal recurrence, and what it keeps for backward."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -45,3 +47,34 @@ def test_backward_keeps_only_the_output():
         kbar = leaky_average(x, log_decay)
     big = [t for t in saved if t.numel() >= kbar.numel()]
     assert len(big) == 1 and big[0].data_ptr() == kbar.data_ptr()
+
+
+@pytest.mark.parametrize("chosen", METHODS)
+def test_use_method_picks_the_form_of_a_whole_layer(chosen, monkeypatch):
+    """Inside ``use_method`` a layer's leaky averages (forward and backward) run the chosen form;
+    outside it, the CPU default (chunked) again."""
+    from memory_mosaics.layers.extractors import LeakyAverageKey
+
+    module = importlib.import_module(
+        "memory_mosaics.ops.leaky_average"
+    )  # the package re-exports a function of this name
+    calls = []
+    for name in METHODS:
+        original = getattr(module, f"leaky_average_{name}")
+        monkeypatch.setattr(module, f"leaky_average_{name}", lambda *a, n=name, f=original: calls.append(n) or f(*a))
+    layer = LeakyAverageKey(torch.nn.Linear(16, 16), 2)
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    with module.use_method(chosen):
+        layer(x)[0].sum().backward()
+    assert calls == [chosen, chosen]  # forward, then the backward's reversed average
+    calls.clear()
+    layer(x)[0].sum().backward()
+    assert calls == ["chunked", "chunked"]
+
+
+def test_use_method_rejects_an_unknown_form():
+    from memory_mosaics.ops.leaky_average import use_method
+
+    with pytest.raises(ValueError, match="leaky average method"):
+        with use_method("fft"):
+            pass

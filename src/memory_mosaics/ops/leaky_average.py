@@ -39,6 +39,9 @@ constant); ``state`` (B, H, D) or None. Both return ``kbar`` (B, H, T, D); the l
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -161,13 +164,29 @@ def leaky_average_matrix(x: Tensor, log_decay: Tensor, state: Tensor | None = No
 
 
 METHODS = ("chunked", "scan")
+_chosen: str | None = None  # the method of the innermost :func:`use_method` block, if any
+
+
+@contextlib.contextmanager
+def use_method(method: str | None) -> Iterator[None]:
+    """Inside the block, a leaky average called without ``method`` uses this one ("chunked", "scan";
+    None: by device, see :func:`_fast`). For benchmarks and experiments that compare the two forms in
+    a whole model; enter it before compiling, since a compiled graph keeps the form it traced."""
+    global _chosen
+    if method is not None and method not in METHODS:
+        raise ValueError(f"leaky average method must be one of {METHODS}, got {method!r}")
+    previous, _chosen = _chosen, method
+    try:
+        yield
+    finally:
+        _chosen = previous
 
 
 def _fast(x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None) -> Tensor:
     """``method``: "chunked" (:func:`leaky_average_chunked`), "scan" (:func:`leaky_average_scan`), or
-    None: chunked on the CPU, the doubling scan on other devices."""
+    None: the :func:`use_method` choice, else chunked on the CPU and the doubling scan elsewhere."""
     if method is None:
-        method = "chunked" if x.device.type == "cpu" else "scan"
+        method = _chosen or ("chunked" if x.device.type == "cpu" else "scan")
     if method not in METHODS:
         raise ValueError(f"leaky average method must be one of {METHODS}, got {method!r}")
     if method == "chunked":
