@@ -10,6 +10,7 @@ from memory_mosaics.ops import (
     leaky_average_reference,
     leaky_average_scan,
     memory_readout,
+    retrieval,
     small_head,
 )
 
@@ -146,3 +147,75 @@ def test_bad_lags_rejected():
         causal_retrieval(q, q, q, min_lag=0)
     with pytest.raises(ValueError, match="max_lag"):
         causal_retrieval(q, q, q, min_lag=3, max_lag=2)
+
+
+@pytest.fixture
+def plain_path(monkeypatch):
+    """Force the plain three-op read (chosen by ``plain_is_faster`` on the CPU in bf16) in any dtype,
+    and record its calls."""
+    calls = []
+    original = retrieval.plain_retrieval
+    monkeypatch.setattr(retrieval, "plain_is_faster", lambda *a: True)
+    monkeypatch.setattr(retrieval, "plain_retrieval", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    return calls
+
+
+@pytest.mark.parametrize("min_lag", [1, 3])
+def test_plain_causal_retrieval_equals_reference_fp64(min_lag, plain_path):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, d, dtype=torch.float64, requires_grad=True) for d in (8, 8, 5))
+    out = causal_retrieval(q, k, v, min_lag)
+    assert plain_path
+    torch.testing.assert_close(out, causal_retrieval_reference(q, k, v, min_lag), atol=1e-12, rtol=0)
+    gr = _grads(lambda *t: causal_retrieval_reference(*t, min_lag), q, k, v)
+    gf = _grads(lambda *t: causal_retrieval(*t, min_lag), q, k, v)
+    for a, b in zip(gr, gf):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("bank_batch", [1, 3])
+def test_bf16_reads_take_the_plain_form_and_match_fp64(bank_batch, monkeypatch):
+    """On the CPU in bf16 both reads run plain_retrieval (autocast on, as in training: fp32 bank) and
+    agree with the fp64 formula to bf16 accuracy, values and gradients."""
+    calls = []
+    original = retrieval.plain_retrieval
+    monkeypatch.setattr(retrieval, "plain_retrieval", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    torch.manual_seed(0)
+    q = (0.3 * torch.randn(3, 2, 20, 16)).bfloat16().requires_grad_()
+    k, v = (torch.randn(bank_batch, 2, 24, 16, requires_grad=True) for _ in range(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = memory_readout(q, k, v)
+        causal = causal_retrieval(q, q, q)
+    assert len(calls) == 2 and out.dtype == causal.dtype == torch.bfloat16
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    expected = torch.softmax(q64 @ k64.transpose(-1, -2), -1) @ v64
+    torch.testing.assert_close(out.double(), expected, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(causal.double(), causal_retrieval_reference(q64, q64, q64), atol=3e-2, rtol=3e-2)
+    g = torch.randn(out.shape, dtype=torch.float64)
+    for a, b in zip(
+        torch.autograd.grad(out, (q, k, v), g.bfloat16()), torch.autograd.grad(expected, (q64, k64, v64), g)
+    ):
+        torch.testing.assert_close(a.double(), b, atol=0.1, rtol=0.05)
+
+
+def test_fp32_reads_stay_on_sdpa():
+    q = torch.randn(2, 2, 8, 4)
+    assert not retrieval.plain_is_faster(q, False, 0.0) and not retrieval.plain_is_faster(q, True, 0.05)
+    assert retrieval.plain_is_faster(q.bfloat16(), False, 0.0)
+
+
+@pytest.mark.parametrize("path", ["sdpa", "plain"])
+def test_retrieval_dropout_is_unbiased_and_random(path, request):
+    """Dropout on the weights: each draw differs from the dropout-free read, their mean converges
+    to it (inverted dropout keeps the expectation), for both reads and both paths."""
+    if path == "plain":
+        request.getfixturevalue("plain_path")
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 9, 4), torch.randn(1, 2, 9, 3)
+    for read, clean in (
+        (lambda: memory_readout(q, k, v, 0.3), memory_readout(q, k, v)),
+        (lambda: causal_retrieval(q, q, q, dropout_p=0.3), causal_retrieval(q, q, q)),
+    ):
+        draws = torch.stack([read() for _ in range(4000)])
+        assert (draws[0] - clean).abs().max() > 1e-3
+        torch.testing.assert_close(draws.mean(0), clean, atol=0.06, rtol=0)

@@ -19,7 +19,10 @@ Shapes: ``q``, ``k`` (B, H, T, Dk); ``v`` (B, H, T, Dv); returns (B, H, T, Dv).
   the first ``min_lag`` outputs are zero. A finite ``max_lag`` adds a band mask, or, once the
   sequence holds more than 4 blocks of the window, the O(T w) blocked path of :mod:`.banded`. On the CPU in
   float32 with head sizes <= 8 and no dropout it calls the compiled kernel of :mod:`.small_head`
-  instead (same function, faster there: ``docs/benchmarks.md``). While ``torch.export`` traces, the
+  instead (same function, faster there: ``docs/benchmarks.md``). On the CPU in bfloat16, short
+  sequences (and any with retrieval dropout up to 2048 steps) take :func:`plain_retrieval`, the
+  three-op form with the weights materialised, which beats SDPA's CPU kernels there
+  (:func:`plain_is_faster`). While ``torch.export`` traces, the
   SDPA path uses the full (T, T) mask of allowed pairs instead of the shift, so that no branch
   depends on the (symbolic) sequence length.
 """
@@ -63,6 +66,39 @@ def causal_retrieval_reference(q: Tensor, k: Tensor, v: Tensor, min_lag: int = 1
     return causal_retrieval_weights(q, k, min_lag, max_lag) @ v
 
 
+PLAIN_CAUSAL_MAX = {False: 512, True: 2048}  # longest shifted sequence for the plain form, without/with dropout
+
+
+def plain_is_faster(q: Tensor, causal: bool, dropout_p: float) -> bool:
+    """Whether :func:`plain_retrieval` beats SDPA for these queries: on the CPU in bfloat16 only.
+
+    SDPA's CPU kernels gain nothing from bf16 and, with dropout, fall back to a math path that
+    computes in fp32, while the plain form runs bf16 matrix products. Unmasked reads (the persistent
+    memory, one decoding step) always; causal reads up to ``PLAIN_CAUSAL_MAX`` steps, beyond which
+    SDPA's blocked kernel wins without dropout and the (T, T) weights grow large. Measured with
+    ``benchmarks/bench_readout.py`` on a 2-core AMD EPYC (``docs/benchmarks.md``); fp32 stays on SDPA.
+    """
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return False
+    return not causal or q.shape[2] <= PLAIN_CAUSAL_MAX[dropout_p > 0]
+
+
+def plain_retrieval(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, dropout_p: float = 0.0) -> Tensor:
+    """``dropout(softmax(q k^T)) v`` by three plain ops, in the queries' dtype (autocast off: the
+    weights are formed and read in bf16, as SDPA does); ``causal``: query i reads pairs j <= i.
+
+    q (..., Tq, Dk); k (..., N, Dk); v (..., N, Dv), broadcastable leading dims -> (..., Tq, Dv).
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        scores = q @ k.to(q.dtype).transpose(-1, -2)
+        if causal:
+            n = q.shape[-2]
+            future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        return F.dropout(weights, dropout_p) @ v.to(q.dtype)
+
+
 def causal_retrieval(
     q: Tensor,
     k: Tensor,
@@ -87,7 +123,9 @@ def causal_retrieval(
     if T <= min_lag:
         return v.new_zeros(B, H, T, v.shape[-1])
     qs, ks, vs = q[:, :, min_lag:], k[:, :, :-min_lag], v[:, :, :-min_lag]
-    if max_lag is None or max_lag >= T - 1:
+    if (max_lag is None or max_lag >= T - 1) and plain_is_faster(qs, True, dropout_p):
+        out = plain_retrieval(qs, ks, vs, True, dropout_p)
+    elif max_lag is None or max_lag >= T - 1:
         out = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p, is_causal=True, scale=1.0)
     elif T - min_lag > 4 * banded.block_size(max_lag - min_lag + 1):
         return banded.banded_retrieval(q, k, v, min_lag, max_lag, dropout_p)  # O(T w), no (T, T) mask
@@ -115,17 +153,21 @@ def memory_readout(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> T
 
     q (B, H, Tq, Dk); k (B or 1, H, N, Dk); v (B or 1, H, N, Dv) -> (B, H, Tq, Dv).
     An empty memory (N = 0) answers zero. Pairs shared by the batch (k, v of batch 1: the P-mem's
-    bank) are read with the batch folded into the query axis, one SDPA over B Tq queries: the bank
+    bank) are read with the batch folded into the query axis, one read over B Tq queries: the bank
     is not expanded and its gradient is summed inside the kernel (fwd+bwd 1.04-1.55x faster on an H200,
-    as fast on the CPU: docs/benchmarks.md).
+    as fast on the CPU: docs/benchmarks.md). The read is SDPA, or :func:`plain_retrieval` where
+    :func:`plain_is_faster` (the CPU in bfloat16).
     """
     if k.shape[2] == 0:
         return q.new_zeros(*q.shape[:-1], v.shape[-1])
+    read = plain_retrieval if plain_is_faster(q, False, dropout_p) else _sdpa
     B, H, Tq, Dk = q.shape
     if k.shape[0] == 1 and B > 1:
-        y = F.scaled_dot_product_attention(
-            q.transpose(0, 1).reshape(1, H, B * Tq, Dk), k, v, dropout_p=dropout_p, scale=1.0
-        )
+        y = read(q.transpose(0, 1).reshape(1, H, B * Tq, Dk), k, v, dropout_p=dropout_p)
         return y.view(H, B, Tq, -1).transpose(0, 1)
     k, v = k.expand(B, *k.shape[1:]), v.expand(B, *v.shape[1:])
+    return read(q, k, v, dropout_p=dropout_p)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=1.0)
