@@ -6,7 +6,11 @@ import importlib
 import pytest
 import torch
 
+from memory_mosaics.ops import leaky_kernel
 from memory_mosaics.ops.leaky_average import METHODS, LeakyAverage, leaky_average, leaky_average_reference
+
+NO_KERNEL = pytest.mark.skipif(not leaky_kernel.available(), reason="leaky-average kernel not built (no C compiler)")
+EVERY_METHOD = [pytest.param(m, marks=NO_KERNEL) if m == "native" else m for m in METHODS]
 
 
 def grads(fn, inputs, g):
@@ -14,7 +18,7 @@ def grads(fn, inputs, g):
     return [torch.zeros_like(i) if d is None else d for d, i in zip(out, inputs)]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", EVERY_METHOD)
 @pytest.mark.parametrize("T", [2, 5, 17, 300])
 @pytest.mark.parametrize("per_time", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
@@ -31,7 +35,7 @@ def test_backward_equals_autograd_of_the_recurrence(method, T, per_time, with_st
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", EVERY_METHOD)
 def test_gradcheck_with_extreme_decays(method):
     x = torch.randn(1, 2, 9, 3, dtype=torch.float64, requires_grad=True)
     log_decay = torch.tensor([[[-40.0], [-1e-6]]], dtype=torch.float64, requires_grad=True)  # lambda ~ 0 and ~ 1
@@ -49,10 +53,10 @@ def test_backward_keeps_only_the_output():
     assert len(big) == 1 and big[0].data_ptr() == kbar.data_ptr()
 
 
-@pytest.mark.parametrize("chosen", METHODS)
+@pytest.mark.parametrize("chosen", EVERY_METHOD)
 def test_use_method_picks_the_form_of_a_whole_layer(chosen, monkeypatch):
     """Inside ``use_method`` a layer's leaky averages (forward and backward) run the chosen form;
-    outside it, the CPU default (chunked) again."""
+    outside it, the CPU default again (the native kernel where built, else chunked)."""
     from memory_mosaics.layers.extractors import LeakyAverageKey
 
     module = importlib.import_module(
@@ -69,7 +73,8 @@ def test_use_method_picks_the_form_of_a_whole_layer(chosen, monkeypatch):
     assert calls == [chosen, chosen]  # forward, then the backward's reversed average
     calls.clear()
     layer(x)[0].sum().backward()
-    assert calls == ["chunked", "chunked"]
+    default = "native" if leaky_kernel.available() else "chunked"
+    assert calls == [default, default]
 
 
 def test_use_method_rejects_an_unknown_form():

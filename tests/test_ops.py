@@ -9,10 +9,12 @@ from memory_mosaics.ops import (
     leaky_average_chunked,
     leaky_average_reference,
     leaky_average_scan,
+    leaky_kernel,
     memory_readout,
     retrieval,
     small_head,
 )
+from memory_mosaics.ops.leaky_average import leaky_average
 
 
 def _grads(fn, *tensors):
@@ -21,7 +23,18 @@ def _grads(fn, *tensors):
     return torch.autograd.grad((out * w).sum(), tensors, allow_unused=True, materialize_grads=True)
 
 
-FAST = pytest.mark.parametrize("fast_op", [leaky_average_chunked, leaky_average_scan], ids=["chunked", "scan"])
+def leaky_native(x, log_decay, state=None):
+    """The C kernel inside ``LeakyAverage``: its backward runs the kernel backwards in time."""
+    return leaky_average(x, log_decay, state, method="native")
+
+
+NATIVE = pytest.param(
+    leaky_native,
+    marks=pytest.mark.skipif(not leaky_kernel.available(), reason="leaky-average kernel not built (no C compiler)"),
+)
+FAST = pytest.mark.parametrize(
+    "fast_op", [leaky_average_chunked, leaky_average_scan, NATIVE], ids=["chunked", "scan", "native"]
+)
 
 
 @FAST
@@ -46,6 +59,8 @@ def test_leaky_average_fp64_exact_with_state_and_time_varying_decay():
     for chunk in (2, 7, 64):
         torch.testing.assert_close(leaky_average_chunked(x, ld, state, chunk=chunk), ref, atol=1e-11, rtol=0)
     torch.testing.assert_close(leaky_average_scan(x, ld, state), ref, atol=1e-11, rtol=0)
+    if leaky_kernel.available():
+        torch.testing.assert_close(leaky_native(x, ld, state), ref, atol=1e-11, rtol=0)
 
 
 @FAST

@@ -6,7 +6,7 @@ with one decay ``lambda_t = exp(log_decay_t)`` per (batch, head, time) -- consta
 v1 key extractor (spec section 2.1), input-dependent for the v2 gated extractor (spec section 5.2;
 the gate g_t is applied by the caller to ``x``).
 
-Two implementations with the same signature:
+Implementations with the same signature:
 
 * :func:`leaky_average_reference` follows the formula literally, one time step at a time.
 * :func:`leaky_average_chunked` is exact and O(T): inside chunks of ``C`` steps it multiplies by a
@@ -16,14 +16,16 @@ Two implementations with the same signature:
 * :func:`leaky_average_scan` is exact and elementwise: recursive doubling (Hillis-Steele), where
   pass k adds to each step the partial sum ending k steps earlier, times the product of the k
   decays in between: ceil(log2 T) passes over the sequence, no matmul. It is the default off the
-  CPU because under ``torch.compile`` each pass is one fused, memory-bound kernel, with no small
-  batched matrix products to hand to the compiler; which form is faster on a GPU is not measured
-  yet (``benchmarks/bench_gpu_ops.py`` times both, ``docs/benchmarks.md``).
+  CPU: under ``torch.compile`` each pass is one fused, memory-bound kernel (on an H200 0.85 ms
+  against the chunked form's 0.97, ``docs/benchmarks.md``, GPU round 3).
+* :func:`leaky_average_native` runs the literal recurrence in one compiled C pass
+  (:mod:`.leaky_kernel`): the CPU default where the kernel is built, in float32 and bfloat16.
 * :func:`leaky_average_matrix` multiplies by the full (T x T) decay matrix: no branch or reshape
   depends on T, so ``torch.export`` records one graph for every length >= 1 (:func:`leaky_average`
   uses it while exporting). Memory O(T^2).
 
-:func:`leaky_average` runs the chunked form (CPU) or the doubling scan (other devices) inside
+:func:`leaky_average` runs the native kernel (CPU; the chunked form where it is not built) or the
+doubling scan (other devices) inside
 :class:`LeakyAverage`, an autograd function
 whose backward is another leaky average, backwards in time, so that training keeps only the output
 ``kbar`` (which the key normalisation keeps anyway) instead of the chunked form's intermediates:
@@ -47,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..common import exporting
+from . import leaky_kernel
 
 DEFAULT_CHUNK = 16  # fastest on CPU for T in 256..4096 (benchmarks/bench_leaky_average.py --chunks)
 
@@ -163,15 +166,15 @@ def leaky_average_matrix(x: Tensor, log_decay: Tensor, state: Tensor | None = No
     return kbar
 
 
-METHODS = ("chunked", "scan")
+METHODS = ("chunked", "scan", "native")
 _chosen: str | None = None  # the method of the innermost :func:`use_method` block, if any
 
 
 @contextlib.contextmanager
 def use_method(method: str | None) -> Iterator[None]:
-    """Inside the block, a leaky average called without ``method`` uses this one ("chunked", "scan";
-    None: by device, see :func:`_fast`). For benchmarks and experiments that compare the two forms in
-    a whole model; enter it before compiling, since a compiled graph keeps the form it traced."""
+    """Inside the block, a leaky average called without ``method`` uses this one (one of
+    ``METHODS``; None: by device, see :func:`_fast`). For benchmarks and experiments that compare the
+    forms in a whole model; enter it before compiling, since a compiled graph keeps the form it traced."""
     global _chosen
     if method is not None and method not in METHODS:
         raise ValueError(f"leaky average method must be one of {METHODS}, got {method!r}")
@@ -182,16 +185,33 @@ def use_method(method: str | None) -> Iterator[None]:
         _chosen = previous
 
 
-def _fast(x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None) -> Tensor:
-    """``method``: "chunked" (:func:`leaky_average_chunked`), "scan" (:func:`leaky_average_scan`), or
-    None: the :func:`use_method` choice, else chunked on the CPU and the doubling scan elsewhere."""
+def leaky_average_native(x: Tensor, log_decay: Tensor, state: Tensor | None = None, reverse: bool = False) -> Tensor:
+    """The literal recurrence in one compiled pass (CPU, float32 or bfloat16: :mod:`.leaky_kernel`)."""
+    return leaky_kernel.leaky_scan(x, log_decay, state, reverse)
+
+
+def _fast(x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None, reverse: bool = False) -> Tensor:
+    """``method``: "chunked" (:func:`leaky_average_chunked`), "scan" (:func:`leaky_average_scan`),
+    "native" (:func:`leaky_average_native`), or None: the :func:`use_method` choice, else on the CPU
+    the native kernel where it is built and supports x (else chunked), the doubling scan on other
+    devices. ``reverse``: time runs backwards (kbar_t = lambda_t kbar_{t+1} + x_t)."""
     if method is None:
-        method = _chosen or ("chunked" if x.device.type == "cpu" else "scan")
+        method = _chosen or _device_default(x)
     if method not in METHODS:
         raise ValueError(f"leaky average method must be one of {METHODS}, got {method!r}")
+    if method == "native":
+        return leaky_average_native(x, log_decay, state, reverse)
+    if reverse:
+        return _fast(x.flip(2), log_decay.flip(-1), state, method).flip(2)
     if method == "chunked":
         return leaky_average_chunked(x, log_decay, state)
     return leaky_average_scan(x, log_decay, state)
+
+
+def _device_default(x: Tensor) -> str:
+    if x.device.type != "cpu":
+        return "scan"
+    return "native" if leaky_kernel.supports(x) else "chunked"
 
 
 class LeakyAverage(torch.autograd.Function):
@@ -209,10 +229,10 @@ class LeakyAverage(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         kbar, log_decay, state = ctx.saved_tensors
         logd = _broadcast_decay(kbar, log_decay)  # (B, H, T)
-        # g~ is a leaky average of g in reversed time, where step u = T-1-t decays by lambda_{t+1}
-        # (the first reversed step's decay multiplies a zero state: a constant decay stays constant)
-        reversed_decay = log_decay if _constant_in_time(log_decay) else F.pad(logd[..., 1:], (0, 1)).flip(-1)
-        g = _fast(grad.flip(2), reversed_decay, None, ctx.method).flip(2)  # g~, (B, H, T, D)
+        # g~ is a leaky average of g in reversed time: g~_t = lambda_{t+1} g~_{t+1} + g_t (the last
+        # step's decay multiplies a zero state: a constant decay stays constant)
+        shifted = log_decay if _constant_in_time(log_decay) else F.pad(logd[..., 1:], (0, 1))
+        g = _fast(grad, shifted, None, ctx.method, reverse=True)  # g~, (B, H, T, D)
         previous = torch.cat(
             [torch.zeros_like(kbar[:, :, :1]) if state is None else state[:, :, None], kbar[:, :, :-1]], 2
         )
@@ -228,11 +248,11 @@ class LeakyAverage(torch.autograd.Function):
 
 def leaky_average(x: Tensor, log_decay: Tensor, state: Tensor | None = None, method: str | None = None) -> Tensor:
     """The leaky average used by the layers: the fast, exact implementation (:class:`LeakyAverage`
-    when gradients are needed; ``method`` as in :func:`_fast`: by default the chunked form on the
+    when gradients are needed; ``method`` as in :func:`_fast`: by default the native kernel on the
     CPU, the doubling scan elsewhere); its branch-free matrix form while ``torch.export`` traces, so
     that the sequence length stays symbolic."""
     if exporting():
         return leaky_average_matrix(x, log_decay, state)
-    if x.shape[2] > 1 and torch.is_grad_enabled():
+    if torch.is_grad_enabled():  # also at T = 1: the native kernel has no autograd formula of its own
         return LeakyAverage.apply(x, log_decay, state, method)
     return _fast(x, log_decay, state, method)

@@ -25,8 +25,12 @@ import shutil
 import stat
 import subprocess
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from ..io import atomic_write, atomic_write_text
 
@@ -156,3 +160,21 @@ def _verified_library(source: Path) -> Path:
             return target
         errors.append(f"{target} changed while it was being built")
     raise NativeError("; ".join(errors))
+
+
+@lru_cache(maxsize=8)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="memory-mosaics-kernel")
+
+
+def run_shares(fn, tensors: list, sizes: tuple[int, ...]) -> None:
+    """Call the kernel ``fn(*pointers, *sizes, first, stride)`` on ``torch.get_num_threads()`` threads,
+    thread i with ``first = i``: each takes an interleaved share of the tasks (ctypes releases the GIL).
+    A ``None`` among ``tensors`` is passed as a NULL pointer."""
+    ptrs = [None if t is None else ctypes.c_void_p(t.data_ptr()) for t in tensors]
+    threads = max(1, torch.get_num_threads())
+    if threads == 1:
+        fn(*ptrs, *sizes, 0, 1)
+        return
+    for f in [_pool(threads).submit(fn, *ptrs, *sizes, i, threads) for i in range(threads)]:
+        f.result()

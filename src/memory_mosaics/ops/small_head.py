@@ -25,7 +25,6 @@ calling the library on an interleaved share of the (batch x head, 16-row block) 
 from __future__ import annotations
 
 import ctypes
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -82,22 +81,6 @@ def supports(q: Tensor, k: Tensor, v: Tensor) -> bool:
     )
 
 
-@lru_cache(maxsize=8)
-def _pool(threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(threads, thread_name_prefix="small-head")
-
-
-def _run(fn, tensors: list[Tensor], sizes: tuple[int, ...]) -> None:
-    """Call one kernel on all tasks, split over torch.get_num_threads() interleaved shares."""
-    ptrs = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
-    threads = max(1, torch.get_num_threads())
-    if threads == 1:
-        fn(*ptrs, *sizes, 0, 1)
-        return
-    for f in [_pool(threads).submit(fn, *ptrs, *sizes, i, threads) for i in range(threads)]:
-        f.result()
-
-
 def _planar(x: Tensor, Tp: int) -> Tensor:
     """(B, H, T, D) -> (B * H, D, Tp) contiguous, zero padded along time."""
     B, H, T, D = x.shape
@@ -113,7 +96,7 @@ def _unplanar(x: Tensor, B: int, T: int) -> Tensor:
 def _call(fn, tensors: list[Tensor], outputs: list[Tensor], T: int, min_lag: int, max_lag: int) -> None:
     """Run one kernel: ``tensors`` (B, H, T, *) are padded to the planar layout, ``outputs`` planar."""
     N, D, Tp = tensors[0].shape
-    _run(fn, tensors + outputs, (N, T, Tp, D, tensors[2].shape[1], min_lag, max_lag))
+    native.run_shares(fn, tensors + outputs, (N, T, Tp, D, tensors[2].shape[1], min_lag, max_lag))
 
 
 @torch.library.custom_op("memory_mosaics::small_head_forward", mutates_args=(), device_types="cpu")
