@@ -6,6 +6,7 @@ import torch
 from memory_mosaics.ops import (
     causal_retrieval,
     causal_retrieval_reference,
+    dropout_mask,
     leaky_average_chunked,
     leaky_average_reference,
     leaky_average_scan,
@@ -213,18 +214,28 @@ def test_bf16_reads_take_the_plain_form_and_match_fp64(bank_batch, monkeypatch):
         torch.testing.assert_close(a.double(), b, atol=0.1, rtol=0.05)
 
 
-def test_fp32_reads_stay_on_sdpa():
+def test_fp32_reads_without_dropout_stay_on_sdpa():
+    """The plain read is a CPU choice for bf16, or for fp32 with dropout; fp32 without dropout
+    (the numerics of the default training and of inference) and fp64 keep SDPA."""
     q = torch.randn(2, 2, 8, 4)
-    assert not retrieval.plain_is_faster(q, False, 0.0) and not retrieval.plain_is_faster(q, True, 0.05)
+    assert not retrieval.plain_is_faster(q, False, 0.0) and not retrieval.plain_is_faster(q, True, 0.0)
+    assert not retrieval.plain_is_faster(q.double(), False, 0.05)
     assert retrieval.plain_is_faster(q.bfloat16(), False, 0.0)
 
 
-@pytest.mark.parametrize("path", ["sdpa", "plain"])
-def test_retrieval_dropout_is_unbiased_and_random(path, request):
+@pytest.mark.parametrize("path", ["sdpa", "plain", "plain-F.dropout"])
+def test_retrieval_dropout_is_unbiased_and_random(path, request, monkeypatch):
     """Dropout on the weights: each draw differs from the dropout-free read, their mean converges
-    to it (inverted dropout keeps the expectation), for both reads and both paths."""
-    if path == "plain":
+    to it (inverted dropout keeps the expectation), for both reads, through SDPA and through the
+    plain read with the counter-based mask or with ``F.dropout``."""
+    if path == "sdpa":
+        monkeypatch.setattr(retrieval, "plain_is_faster", lambda *a: False)
+    else:
         request.getfixturevalue("plain_path")
+    if path == "plain-F.dropout":
+        monkeypatch.setattr(dropout_mask, "supports", lambda *a: False)
+    elif path == "plain" and not dropout_mask.available():
+        pytest.skip("dropout-mask kernel not built (no C compiler)")
     torch.manual_seed(0)
     q, k, v = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 9, 4), torch.randn(1, 2, 9, 3)
     for read, clean in (

@@ -20,9 +20,9 @@ Shapes: ``q``, ``k`` (B, H, T, Dk); ``v`` (B, H, T, Dv); returns (B, H, T, Dv).
   sequence holds more than 4 blocks of the window, the O(T w) blocked path of :mod:`.banded`. On the CPU in
   float32 with head sizes <= 8 and no dropout it calls the compiled kernel of :mod:`.small_head`
   instead (same function, faster there: ``docs/benchmarks.md``). On the CPU in bfloat16, short
-  sequences (and any with retrieval dropout up to 2048 steps) take :func:`plain_retrieval`, the
-  three-op form with the weights materialised, which beats SDPA's CPU kernels there
-  (:func:`plain_is_faster`). While ``torch.export`` traces, the
+  sequences (and any with retrieval dropout up to 2048 steps), and in float32 with retrieval
+  dropout, take :func:`plain_retrieval`, the three-op form with the weights materialised and a
+  cheap dropout mask, which beats SDPA's CPU kernels there (:func:`plain_is_faster`). While ``torch.export`` traces, the
   SDPA path uses the full (T, T) mask of allowed pairs instead of the shift, so that no branch
   depends on the (symbolic) sequence length.
 """
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..common import exporting
-from . import banded, small_head
+from . import banded, dropout_mask, small_head
 
 
 def _check_lags(min_lag: int, max_lag: int | None) -> None:
@@ -66,21 +66,30 @@ def causal_retrieval_reference(q: Tensor, k: Tensor, v: Tensor, min_lag: int = 1
     return causal_retrieval_weights(q, k, min_lag, max_lag) @ v
 
 
-PLAIN_CAUSAL_MAX = {False: 512, True: 2048}  # longest shifted sequence for the plain form, without/with dropout
+PLAIN_CAUSAL_MAX = {False: 512, True: 2048}  # bf16: longest shifted sequence read plainly, without/with dropout
 
 
 def plain_is_faster(q: Tensor, causal: bool, dropout_p: float) -> bool:
-    """Whether :func:`plain_retrieval` beats SDPA for these queries: on the CPU in bfloat16 only.
+    """Whether :func:`plain_retrieval` beats SDPA for these queries (the CPU only).
 
-    SDPA's CPU kernels gain nothing from bf16 and, with dropout, fall back to a math path that
-    computes in fp32, while the plain form runs bf16 matrix products. Unmasked reads (the persistent
-    memory, one decoding step) always; causal reads up to ``PLAIN_CAUSAL_MAX`` steps, beyond which
-    SDPA's blocked kernel wins without dropout and the (T, T) weights grow large. Measured with
-    ``benchmarks/bench_readout.py`` on a 2-core AMD EPYC (``docs/benchmarks.md``); fp32 stays on SDPA.
+    * bfloat16: SDPA's CPU kernels gain nothing from bf16 and, with dropout, fall back to a math
+      path that computes in fp32, while the plain form runs bf16 matrix products. Unmasked reads
+      (the persistent memory, one decoding step) always; causal reads up to ``PLAIN_CAUSAL_MAX``
+      steps, beyond which SDPA's blocked kernel wins without dropout and the (T, T) weights grow.
+    * float32 with dropout, where the counter-based mask of :mod:`.dropout_mask` is built: SDPA's
+      math path draws its mask with ``bernoulli_``, 20x slower; unmasked reads, and causal ones up
+      to 512 steps.
+    * otherwise (float32 without dropout, float64): SDPA.
+
+    Measured with ``benchmarks/bench_readout.py`` on a 2-core AMD EPYC (``docs/benchmarks.md``).
     """
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+    if q.device.type != "cpu":
         return False
-    return not causal or q.shape[2] <= PLAIN_CAUSAL_MAX[dropout_p > 0]
+    if q.dtype == torch.bfloat16:
+        return not causal or q.shape[2] <= PLAIN_CAUSAL_MAX[dropout_p > 0]
+    if q.dtype == torch.float32 and dropout_p > 0 and dropout_mask.available():
+        return not causal or q.shape[2] <= PLAIN_CAUSAL_MAX[False]
+    return False
 
 
 def plain_retrieval(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, dropout_p: float = 0.0) -> Tensor:
@@ -95,8 +104,15 @@ def plain_retrieval(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, dropo
             n = q.shape[-2]
             future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
             scores = scores.masked_fill(future, float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        return F.dropout(weights, dropout_p) @ v.to(q.dtype)
+        return _dropout(torch.softmax(scores, dim=-1), dropout_p) @ v.to(q.dtype)
+
+
+def _dropout(weights: Tensor, p: float) -> Tensor:
+    """Inverted dropout on retrieval weights: times the counter-based mask of :mod:`.dropout_mask`
+    where it is built (the CPU: 20x cheaper to draw than ``F.dropout``'s), else ``F.dropout``."""
+    if p > 0.0 and dropout_mask.supports(weights):
+        return weights * dropout_mask.dropout_mask(weights.shape, p, weights.dtype)
+    return F.dropout(weights, p)
 
 
 def causal_retrieval(
