@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -35,16 +34,7 @@ def _configure(lib: ctypes.CDLL) -> None:
     lib.dropout_mask_u16.argtypes = [ptr, i64, u64, u32, ctypes.c_uint16, i32, i32]
 
 
-@lru_cache(maxsize=1)
-def _library() -> ctypes.CDLL | None:
-    return native.load(SOURCE, _configure)
-
-
-@torch.compiler.assume_constant_result
-def available() -> bool:
-    """True when the compiled kernel is loaded (compiling it on first call); a constant for
-    ``torch.compile``."""
-    return _library() is not None
+_library, available = native.kernel(SOURCE, _configure)
 
 
 def supports(x: Tensor) -> bool:

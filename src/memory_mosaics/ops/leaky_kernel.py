@@ -17,7 +17,6 @@ its forward and, time reversed, in its backward.
 from __future__ import annotations
 
 import ctypes
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -34,16 +33,7 @@ def _configure(lib: ctypes.CDLL) -> None:
         getattr(lib, name).argtypes = [ptr] * 4 + [i32] * 6
 
 
-@lru_cache(maxsize=1)
-def _library() -> ctypes.CDLL | None:
-    return native.load(SOURCE, _configure)
-
-
-@torch.compiler.assume_constant_result
-def available() -> bool:
-    """True when the compiled kernel is loaded (compiling it on first call); a constant for
-    ``torch.compile``."""
-    return _library() is not None
+_library, available = native.kernel(SOURCE, _configure)
 
 
 def supports(x: Tensor) -> bool:

@@ -141,6 +141,23 @@ def load(source: Path, configure: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL 
         return None
 
 
+def kernel(source: Path, configure: Callable[[ctypes.CDLL], None]) -> tuple[Callable, Callable]:
+    """``(library, available)`` for one C file: ``library()`` is :func:`load`'s result, built and
+    loaded on the first call and cached; ``available()`` says whether it is not ``None``, a
+    constant for ``torch.compile`` and ``torch.export`` (decided once, outside the traced graph)."""
+
+    @lru_cache(maxsize=1)
+    def library() -> ctypes.CDLL | None:
+        return load(source, configure)
+
+    @torch.compiler.assume_constant_result
+    def available() -> bool:
+        return library() is not None
+
+    available.__doc__ = f"True when the {source.stem} kernel is loaded (compiling it on first call)."
+    return library, available
+
+
 def _verified_library(source: Path) -> Path:
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:

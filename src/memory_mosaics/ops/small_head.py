@@ -25,7 +25,6 @@ calling the library on an interleaved share of the (batch x head, 16-row block) 
 from __future__ import annotations
 
 import ctypes
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -46,9 +45,7 @@ def _configure(lib: ctypes.CDLL) -> None:
     lib.retrieval_backward_kv.argtypes = [ptr] * 8 + [i32] * 9
 
 
-@lru_cache(maxsize=1)
-def _library() -> ctypes.CDLL | None:
-    return native.load(SOURCE, _configure)
+_library, available = native.kernel(SOURCE, _configure)
 
 
 def _kernel() -> ctypes.CDLL:
@@ -61,13 +58,6 @@ def _kernel() -> ctypes.CDLL:
             "run models with causal_retrieval, or decompose exported programs with small_head.decompositions()"
         )
     return lib
-
-
-@torch.compiler.assume_constant_result
-def available() -> bool:
-    """True when the compiled kernel is loaded (compiling it on first call). A constant for
-    ``torch.compile`` and ``torch.export``: decided once, outside the traced graph."""
-    return _library() is not None
 
 
 def supports(q: Tensor, k: Tensor, v: Tensor) -> bool:
