@@ -1,13 +1,14 @@
 """Training step (forward + backward + AdamW) tokens/s: MosaicLM vs GPTLM of the same size.
 
     python benchmarks/bench_train_step.py [--T 256 1024] [--batch 4] [--repeats 5]
-                                          [--dropout 0 0.05] [--precision fp32 bf16]
+                                          [--dropout 0 0.05] [--precision fp32 bf16] [--compile]
 
 For every context T, dropout and precision it prints both models' tokens/s and their ratio.
 ``--dropout 0.05`` is the default dropouts of each model's training recipe: the Mosaic's residual
 and P-mem retrieval dropout (the authors' language models apply none to the contextual memory's
 retrieval weights), GPT-2's residual and attention dropout. ``bf16``: the forward under CPU autocast
-to bfloat16 (weights and optimiser in fp32).
+to bfloat16 (weights and optimiser in fp32). ``--compile``: both models under ``torch.compile``
+(compiled afresh for each configuration; the first, compiling step is the warm-up, not timed).
 """
 
 import argparse
@@ -17,13 +18,16 @@ import torch
 from common import best_time, gpt, header, mosaic
 
 
-def step_fn(model, T, batch, precision="fp32"):
+def step_fn(model, T, batch, precision="fp32", compile=False):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     idx = torch.randint(0, model.config.vocab_size, (batch, T + 1))
+    if compile:
+        torch._dynamo.reset()  # a fresh compilation: no shapes made dynamic by earlier configurations
+    forward = torch.compile(model) if compile else model
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext():
-            _, loss = model(idx[:, :-1], idx[:, 1:])
+            _, loss = forward(idx[:, :-1], idx[:, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -38,8 +42,10 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.05])
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", help="both models under torch.compile")
     args = p.parse_args()
-    header(f"training step, n_layer 4, n_head 4, d 256, vocab 8192, batch {args.batch}")
+    mode = ", torch.compile" if args.compile else ""
+    header(f"training step, n_layer 4, n_head 4, d 256, vocab 8192, batch {args.batch}{mode}")
     for T in args.T:
         for dropout in args.dropout:
             for precision in args.precision:
@@ -50,7 +56,7 @@ def main():
                 }
                 tps, tag = {}, f"T={T:5d} dropout {dropout} {precision}"
                 for name, model in models.items():
-                    t = best_time(step_fn(model, T, args.batch, precision), args.repeats)
+                    t = best_time(step_fn(model, T, args.batch, precision, args.compile), args.repeats)
                     tps[name] = args.batch * T / t
                     print(f"{tag}  {name:6s} {t * 1e3:8.1f} ms/step {tps[name]:8.0f} tok/s")
                 ratio = tps["mosaic"] / tps["gpt"]
