@@ -195,10 +195,7 @@ def _fast(x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None
     "native" (:func:`leaky_average_native`), or None: the :func:`use_method` choice, else on the CPU
     the native kernel where it is built and supports x (else chunked), the doubling scan on other
     devices. ``reverse``: time runs backwards (kbar_t = lambda_t kbar_{t+1} + x_t)."""
-    if method is None:
-        method = _chosen or _device_default(x)
-    if method not in METHODS:
-        raise ValueError(f"leaky average method must be one of {METHODS}, got {method!r}")
+    method = _resolve(x, method)
     if method == "native":
         return leaky_average_native(x, log_decay, state, reverse)
     if reverse:
@@ -208,10 +205,14 @@ def _fast(x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None
     return leaky_average_scan(x, log_decay, state)
 
 
-def _device_default(x: Tensor) -> str:
-    if x.device.type != "cpu":
-        return "scan"
-    return "native" if leaky_kernel.supports(x) else "chunked"
+def _resolve(x: Tensor, method: str | None) -> str:
+    """The form that runs: ``method``, else the :func:`use_method` choice, else the device's default
+    (CPU: the native kernel where it supports x, else chunked; elsewhere the doubling scan)."""
+    if method is None:
+        method = _chosen or ("scan" if x.device.type != "cpu" else "native" if leaky_kernel.supports(x) else "chunked")
+    if method not in METHODS:
+        raise ValueError(f"leaky average method must be one of {METHODS}, got {method!r}")
+    return method
 
 
 class LeakyAverage(torch.autograd.Function):
@@ -220,6 +221,7 @@ class LeakyAverage(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None = None) -> Tensor:
+        method = _resolve(x, method)  # once: the backward runs the same form, whatever holds then
         kbar = _fast(x, log_decay, state, method)
         ctx.decay_shape, ctx.method = log_decay.shape, method
         ctx.save_for_backward(kbar, log_decay, state)

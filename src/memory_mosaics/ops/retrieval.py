@@ -72,13 +72,12 @@ PLAIN_CAUSAL_MAX = {False: 512, True: 2048}  # bf16: longest shifted sequence re
 def plain_is_faster(q: Tensor, causal: bool, dropout_p: float) -> bool:
     """Whether :func:`plain_retrieval` beats SDPA for these queries (the CPU only).
 
-    * bfloat16: SDPA's CPU kernels gain nothing from bf16 and, with dropout, fall back to a math
-      path that computes in fp32, while the plain form runs bf16 matrix products. Unmasked reads
+    * bfloat16: measured slower through SDPA than through the plain form's bf16 matrix products
+      (that SDPA's CPU kernels have no bf16 fast path is a hypothesis, not traced). Unmasked reads
       (the persistent memory, one decoding step) always; causal reads up to ``PLAIN_CAUSAL_MAX``
       steps, beyond which SDPA's blocked kernel wins without dropout and the (T, T) weights grow.
-    * float32 with dropout, where the counter-based mask of :mod:`.dropout_mask` is built: SDPA's
-      math path draws its mask with ``bernoulli_``, 20x slower; unmasked reads, and causal ones up
-      to 512 steps.
+    * float32 with dropout, where the counter-based mask of :mod:`.dropout_mask` is built (20x
+      cheaper to draw than ``bernoulli_``, measured): unmasked reads, and causal ones up to 512 steps.
     * otherwise (float32 without dropout, float64): SDPA.
 
     Measured with ``benchmarks/bench_readout.py`` on a 2-core AMD EPYC (``docs/benchmarks.md``).

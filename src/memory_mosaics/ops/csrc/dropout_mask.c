@@ -12,8 +12,8 @@
    the mask than computing the read. The counter-based form is a pure function of (seed, i): the
    loop vectorises and threads split it freely.
 
-   Layout: out has n elements (float32: the value scale, or 16-bit: the bit pattern `bits` of
-   scale, e.g. bfloat16); blocks of 4096 elements are tasks first, first + stride, ... */
+   Layout: out has n elements, written 0 or `keep` (float32: the value 1 / (1 - p); 16-bit: its
+   bfloat16 or float16 bit pattern); blocks of 4096 elements are tasks first, first + stride, ... */
 
 #include <stdint.h>
 

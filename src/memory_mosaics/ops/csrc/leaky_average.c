@@ -2,7 +2,8 @@
 
        y[r, t] = lam[r, t] * y[r, t - 1] + x[r, t] ,   y[r, -1] = state[r] (0 without a state)
 
-   one pass over x, no intermediate, in float32 (leaky_scan_f32) or float64 (leaky_scan_f64). With reverse != 0 time runs backwards (the backward pass):
+   one pass over x, no intermediate, for float32 (leaky_scan_f32) or float64 (leaky_scan_f64)
+   storage. With reverse != 0 time runs backwards (the backward pass):
    y[r, t] = lam[r, t] * y[r, t + 1] + x[r, t], y[r, T] = state[r]. ops/leaky_kernel.py compiles this
    file and wraps it; tests compare it with ops/leaky_average.py's leaky_average_reference.
 
