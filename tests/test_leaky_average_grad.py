@@ -66,6 +66,8 @@ def test_use_method_picks_the_form_of_a_whole_layer(chosen, monkeypatch):
     for name in METHODS:
         original = getattr(module, f"leaky_average_{name}")
         monkeypatch.setattr(module, f"leaky_average_{name}", lambda *a, n=name, f=original: calls.append(n) or f(*a))
+    grad = leaky_kernel.leaky_scan_grad  # the native backward's reversed average
+    monkeypatch.setattr(leaky_kernel, "leaky_scan_grad", lambda *a, f=grad: calls.append("native") or f(*a))
     layer = LeakyAverageKey(torch.nn.Linear(16, 16), 2)
     x = torch.randn(2, 9, 16, requires_grad=True)
     with module.use_method(chosen):

@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..common import GrowingBuffer, inverse_norm, merge_heads
+from ..common import GrowingBuffer, merge_heads
 from ..ops.retrieval import causal_retrieval, causal_retrieval_weights, memory_readout
+from ..ops.unit_rows import unit_keys
 from .extractors import PeekValue
 
 
@@ -93,8 +94,8 @@ class ContextualMemory(nn.Module):
         beta = self.bandwidth(n).to(kbar.dtype)[None, :, :, None]  # (1, 1|H, T|1, 1)
         if not self.normalize_keys:
             return kbar, kbar * beta, key_state
-        r = inverse_norm(kbar)
-        return kbar * r, kbar * (r * beta), key_state
+        k, q = unit_keys(kbar, beta)
+        return k, q, key_state
 
     def _retrieve(
         self, x: Tensor, min_lag: int | Tensor | None = None

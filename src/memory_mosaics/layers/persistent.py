@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..common import frozen, inverse_norm, merge_heads
+from ..common import frozen, merge_heads
 from ..ops.retrieval import memory_readout
+from ..ops.unit_rows import unit_keys
 from .extractors import EXP_SCALE
 
 
@@ -51,14 +52,13 @@ class PersistentMemory(nn.Module):
         kbar, key_state = self.key(x, key_state)
         n = torch.full((1,), self.kappa.shape[2], device=x.device) if self.bandwidth.depends_on_count else None
         beta = self.bandwidth(n).to(kbar.dtype)[None, :, :, None]  # (1, 1|H, 1, 1): every query sees N pairs
-        return kbar * (inverse_norm(kbar) * beta if self.normalize else beta), key_state
+        return (unit_keys(kbar, beta, keys=False)[1] if self.normalize else kbar * beta), key_state
 
     def _forward(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
         q, key_state = self._queries(x, key_state)
         p = self.attn_dropout if self.training else 0.0
         alpha = frozen(self, "alpha", lambda: (EXP_SCALE * self.theta).exp().view(1, -1, 1, 1))
-        y = memory_readout(q, self.kappa, self.u, dropout_p=p)
-        y = y * alpha.to(y.dtype)
+        y = memory_readout(q, self.kappa, alpha * self.u, dropout_p=p)  # alpha_h sum_i w_i u_i, alpha in the bank
         return self.resid_dropout(self.c_proj(merge_heads(y))), key_state
 
     def forward(self, x: Tensor) -> Tensor:

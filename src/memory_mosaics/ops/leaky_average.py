@@ -224,6 +224,7 @@ class LeakyAverage(torch.autograd.Function):
         method = _resolve(x, method)  # once: the backward runs the same form, whatever holds then
         kbar = _fast(x, log_decay, state, method)
         ctx.decay_shape, ctx.method = log_decay.shape, method
+        ctx.heads_last = not x.is_contiguous() and x.transpose(1, 2).is_contiguous()  # x: a projection split into heads
         ctx.save_for_backward(kbar, log_decay, state)
         return kbar
 
@@ -234,15 +235,18 @@ class LeakyAverage(torch.autograd.Function):
         # g~ is a leaky average of g in reversed time: g~_t = lambda_{t+1} g~_{t+1} + g_t (the last
         # step's decay multiplies a zero state: a constant decay stays constant)
         shifted = log_decay if _constant_in_time(log_decay) else F.pad(logd[..., 1:], (0, 1))
-        g = _fast(grad, shifted, None, ctx.method, reverse=True)  # g~, (B, H, T, D)
-        previous = torch.cat(
-            [torch.zeros_like(kbar[:, :, :1]) if state is None else state[:, :, None], kbar[:, :, :-1]], 2
-        )
         lam = logd.exp()
+        if ctx.method == "native":  # g~ in x's layout, and <g~_t, kbar_{t-1}> in the same pass
+            g, dots = leaky_kernel.leaky_scan_grad(grad, shifted, kbar, state, ctx.heads_last)
+        else:
+            g = _fast(grad, shifted, None, ctx.method, reverse=True)  # g~, (B, H, T, D)
+            if ctx.needs_input_grad[1]:
+                first = torch.zeros_like(kbar[:, :, :1]) if state is None else state[:, :, None]
+                dots = (g * torch.cat([first, kbar[:, :, :-1]], 2)).sum(-1)  # <g~_t, kbar_{t-1}>
         grad_x = g if ctx.needs_input_grad[0] else None
         grad_decay = None
         if ctx.needs_input_grad[1]:
-            full = lam * (g * previous).sum(-1).to(lam.dtype)  # (B, H, T)
+            full = lam * dots.to(lam.dtype)  # (B, H, T)
             grad_decay = full.sum_to_size(ctx.decay_shape).to(log_decay.dtype)
         grad_state = (lam[:, :, 0, None] * g[:, :, 0]).to(state.dtype) if ctx.needs_input_grad[2] else None
         return grad_x, grad_decay, grad_state, None

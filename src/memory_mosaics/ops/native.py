@@ -3,7 +3,8 @@
 A kernel's C file is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
 the cache folder ``$MEMORY_MOSAICS_CACHE`` (default ``~/.cache/memory_mosaics/kernels``: a folder of its
 own, apart from the data caches that a group-writable umask may leave writable by others), under a name keyed
-by the source, the compiler, the flags and the CPU. Loading a shared library runs its code, so:
+by the source, the headers beside it (``csrc/*.h``), the compiler, the flags and the CPU. Loading a
+shared library runs its code, so:
 
 * the cache folder is created with mode 0700; a folder owned by another user, or writable by its
   group or by others, is refused (the kernel is then not used);
@@ -84,7 +85,8 @@ def _cpu_id() -> str:
 
 def library_path(source: Path, compiler: str, flags: tuple[str, ...], cache: Path) -> Path:
     """Where the library built from ``source`` with ``compiler`` and ``flags`` on this CPU is cached."""
-    key = hashlib.sha256(source.read_bytes() + " ".join((compiler,) + flags).encode() + _cpu_id().encode())
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))  # what it may include
+    key = hashlib.sha256(source.read_bytes() + headers + " ".join((compiler,) + flags).encode() + _cpu_id().encode())
     return cache / f"{source.stem}-{key.hexdigest()[:16]}.so"
 
 
@@ -182,6 +184,14 @@ def _verified_library(source: Path) -> Path:
 @lru_cache(maxsize=8)
 def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="memory-mosaics-kernel")
+
+
+def heads_per_task(batch: int, heads: int) -> int:
+    """How many heads one task of a (batch, heads) kernel takes: all of them (one task per batch
+    element, the contiguous runs of the (B, T, H, D) layout), split only as far as it takes to give
+    every one of ``torch.get_num_threads()`` threads a task."""
+    chunks = min(heads, -(-max(1, torch.get_num_threads()) // batch))
+    return -(-heads // chunks)
 
 
 def run_shares(fn, tensors: list, sizes: tuple[int, ...]) -> None:

@@ -11,7 +11,9 @@ returns v (B, H, T, D).
 * :func:`peek_value_reference` applies it to a whole sequence with autograd through every step.
 * :func:`peek_value` computes the same values with :class:`PeekValue`, an autograd function that
   keeps only ``v~`` for backward and recomputes ``vbar`` there, instead of keeping ``v~``, its
-  shifted copy and ``vbar``.
+  shifted copy and ``vbar``. On the CPU its forward and backward are one pass each of the C kernel
+  of :mod:`.unit_rows` (which reads ``v~`` in place, through the transposed view the value
+  projection gives, and writes ``dL/dv~`` in the same layout); elsewhere, the torch operations below.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..common import exporting, inverse_norm
+from . import unit_rows
 
 
 def _heads(p: Tensor, like: Tensor) -> Tensor:
@@ -56,13 +59,22 @@ class PeekValue(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v_tilde: Tensor, gamma: Tensor, alpha: Tensor | None) -> Tensor:
-        v = peek_value_reference(v_tilde, gamma, alpha)
+        ctx.kernel = unit_rows.supports(v_tilde)
+        v = (unit_rows.peek_forward if ctx.kernel else peek_value_reference)(v_tilde, gamma, alpha)
         ctx.save_for_backward(v_tilde, gamma, alpha)
         return v
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         v_tilde, gamma, alpha = ctx.saved_tensors
+        if ctx.kernel:
+            dv, dgamma, dalpha = unit_rows.peek_backward(v_tilde, gamma, alpha, grad)
+            need = ctx.needs_input_grad
+            return (
+                dv if need[0] else None,
+                dgamma.to(gamma.dtype) if need[1] else None,
+                dalpha.to(alpha.dtype) if need[2] else None,
+            )
         g = _heads(gamma, v_tilde)
         v_next = _next(v_tilde)
         grad_alpha = None
@@ -87,7 +99,12 @@ class PeekValue(torch.autograd.Function):
 
 
 def peek_value(v_tilde: Tensor, gamma: Tensor, alpha: Tensor | None) -> Tensor:
-    """The values of a whole sequence (module docstring); :class:`PeekValue` when gradients are needed."""
-    if torch.is_grad_enabled() and not exporting():
+    """The values of a whole sequence (module docstring); :class:`PeekValue` when gradients are
+    needed, else the kernel's forward where it applies."""
+    if exporting():
+        return peek_value_reference(v_tilde, gamma, alpha)
+    if torch.is_grad_enabled():
         return PeekValue.apply(v_tilde, gamma, alpha)
+    if unit_rows.supports(v_tilde):
+        return unit_rows.peek_forward(v_tilde, gamma, alpha)
     return peek_value_reference(v_tilde, gamma, alpha)
