@@ -108,7 +108,10 @@ def frozen(module: nn.Module, name: str, compute: Callable[[], Tensor]) -> Tenso
     every token. With gradients enabled, or while compiling, it simply calls ``compute()``."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return compute()
-    key = tuple((t.data_ptr(), t._version) for t in (*module.parameters(False), *module.buffers(False)))
+    # the module's own tensors, read from its registries (parameters(False) walks a generator: a
+    # decoding step calls this some 24 times)
+    own = (*module._parameters.values(), *module._buffers.values())
+    key = tuple((t.data_ptr(), t._version) for t in own if t is not None)
     cache = module.__dict__.setdefault("_frozen", {})
     hit = cache.get(name)
     if hit is None or hit[0] != key:
