@@ -57,9 +57,9 @@ class PersistentMemory(nn.Module):
     def _forward(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
         q, key_state = self._queries(x, key_state)
         p = self.attn_dropout if self.training else 0.0
-        # alpha_h sum_i w_i u_i with alpha_h folded into the bank (memoised while decoding)
-        u = frozen(self, "scaled_values", lambda: (EXP_SCALE * self.theta).exp().view(1, -1, 1, 1) * self.u)
-        y = memory_readout(q, self.kappa, u, dropout_p=p)
+        alpha = frozen(self, "alpha", lambda: (EXP_SCALE * self.theta).exp().view(1, -1, 1, 1))
+        y = memory_readout(q, self.kappa, self.u, dropout_p=p)
+        y = y * alpha.to(y.dtype)
         return self.resid_dropout(self.c_proj(merge_heads(y))), key_state
 
     def forward(self, x: Tensor) -> Tensor:
