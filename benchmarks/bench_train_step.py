@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_step.py [--T 256 1024] [--batch 4] [--repeats 5]
                                           [--dropout 0 0.05] [--precision fp32 bf16] [--compile]
+                                          [--keep-cpu-memory]
 
 For every context T, dropout and precision it prints both models' tokens/s and their ratio.
 ``--dropout 0.05`` is the default dropouts of each model's training recipe: the Mosaic's residual
@@ -9,6 +10,8 @@ and P-mem retrieval dropout (the authors' language models apply none to the cont
 retrieval weights), GPT-2's residual and attention dropout. ``bf16``: the forward under CPU autocast
 to bfloat16 (weights and optimiser in fp32). ``--compile``: both models under ``torch.compile``
 (compiled afresh for each configuration; the first, compiling step is the warm-up, not timed).
+``--keep-cpu-memory``: glibc's allocator keeps freed memory for reuse, as the trainer does on the CPU
+(``training.allocator``), for both models; by default the benchmark keeps glibc's own policy.
 """
 
 import argparse
@@ -16,6 +19,8 @@ import contextlib
 
 import torch
 from common import best_time, gpt, header, mosaic
+
+from memory_mosaics.training.allocator import keep_freed_memory
 
 
 def step_fn(model, T, batch, precision="fp32", compile=False):
@@ -43,8 +48,11 @@ def main():
     p.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.05])
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="both models under torch.compile")
+    p.add_argument("--keep-cpu-memory", action="store_true", help="keep freed memory for reuse, as the trainer does")
     args = p.parse_args()
     mode = ", torch.compile" if args.compile else ""
+    if args.keep_cpu_memory:
+        mode += ", freed memory kept" if keep_freed_memory() else ", (freed memory could not be kept here)"
     header(f"training step, n_layer 4, n_head 4, d 256, vocab 8192, batch {args.batch}{mode}")
     for T in args.T:
         for dropout in args.dropout:

@@ -108,6 +108,7 @@ class TrainConfig:
     parallel: str = "ddp"  # several processes: ddp (replicated weights) | fsdp (weights, grads, optimiser sharded)
     activation_checkpointing: bool = False  # recompute each block's activations in backward (training.sharding)
     threads: int = 0  # CPU threads of this process (0: PyTorch's default)
+    keep_cpu_memory: bool = True  # on the CPU, keep freed memory for reuse (glibc): no page faults every step
     progress: bool = True
     tensorboard: bool = True  # also log to TensorBoard when it is installed
 

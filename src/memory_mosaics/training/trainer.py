@@ -32,7 +32,7 @@ from ..data.tokenizers import load_tokenizer
 from ..eval.language import evaluate
 from ..models import lookup
 from . import checkpoint as checkpoints
-from . import distributed, sharding
+from . import allocator, distributed, sharding
 from .config import TrainConfig
 from .loop import OptimizerStep, TrainingDiverged
 from .metrics import MetricsLog
@@ -80,6 +80,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.dist = d = distributed.init(cfg.device)
         self.device = d.device
+        if cfg.keep_cpu_memory and self.device.type == "cpu":
+            allocator.keep_freed_memory()
         self.log = log if d.is_main else (lambda msg: None)
         if not cfg.train:
             raise ValueError("no training data: pass --data PATH or set `train` in the config file")
