@@ -31,8 +31,8 @@ from ..data.sources import build_tokenizer, open_corpus, resolve_cache_dir
 from ..data.tokenizers import load_tokenizer
 from ..eval.language import evaluate
 from ..models import lookup
-from . import checkpoint as checkpoints
 from . import allocator, distributed, sharding
+from . import checkpoint as checkpoints
 from .config import TrainConfig
 from .loop import OptimizerStep, TrainingDiverged
 from .metrics import MetricsLog
