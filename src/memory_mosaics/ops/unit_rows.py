@@ -41,22 +41,9 @@ def _configure(lib: ctypes.CDLL) -> None:
     for suffix in SUFFIX.values():
         getattr(lib, f"unit_keys_fwd_{suffix}").argtypes = [ptr] * 5 + [i64, i32, i32, i32]
         getattr(lib, f"unit_keys_bwd_{suffix}").argtypes = [ptr] * 7 + [i64, i32, i32, i32]
-        getattr(lib, f"peek_fwd_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr] + [i32] * 7
-        getattr(lib, f"peek_bwd_{suffix}").argtypes = [
-            ptr,
-            i64,
-            i64,
-            i64,
-            ptr,
-            ptr,
-            ptr,
-            ptr,
-            i64,
-            i64,
-            i64,
-            ptr,
-            ptr,
-        ] + [i32] * 7
+        strided = [ptr, i64, i64, i64]  # a (B, H, T, D) tensor and its element strides along B, H, T
+        getattr(lib, f"peek_fwd_{suffix}").argtypes = strided + [ptr] * 3 + [i32] * 7
+        getattr(lib, f"peek_bwd_{suffix}").argtypes = strided + [ptr] * 3 + strided + [ptr] * 2 + [i32] * 7
 
 
 _library, available = native.kernel(SOURCE, _configure)
