@@ -12,6 +12,8 @@ One module is replaced: the compiled small-head kernel (``ops.small_head``, a C 
 first use and registered as ``torch.library`` ops under this package's name) becomes a stand-in that
 is never used, so retrieval takes the ``scaled_dot_product_attention`` path (the same function;
 the kernel is a CPU speed-up only), and a copy loaded beside the installed package registers nothing twice.
+The other C kernels (leaky average, unit rows, dropout masks) find no C file in the folder and
+quietly leave their work to the torch code they stand beside (``ops.native.load``).
 """
 
 from __future__ import annotations

@@ -131,8 +131,9 @@ def load(source: Path, configure: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL 
     """The library compiled from ``source`` (built or rebuilt if needed, verified before loading),
     with ``configure(lib)`` applied (argument types); ``None`` with a warning on any failure.
 
-    ``MEMORY_MOSAICS_NATIVE=0`` disables the kernels (``None``, no warning)."""
-    if os.environ.get("MEMORY_MOSAICS_NATIVE", "1") == "0":
+    ``MEMORY_MOSAICS_NATIVE=0`` disables the kernels (``None``, no warning); so does a missing C
+    file, which only a copy of the Python modules lacks (a ``trust_remote_code`` folder, :mod:`..hf.remote`)."""
+    if os.environ.get("MEMORY_MOSAICS_NATIVE", "1") == "0" or not source.exists():
         return None
     try:
         lib = ctypes.CDLL(str(_verified_library(source)))
