@@ -185,3 +185,16 @@ def test_thread_count_does_not_change_the_kernels():
         torch.set_num_threads(threads)
     for a, b in zip(one, three):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not leaky_kernel.available(), reason="leaky-average kernel not built (no C compiler)")
+def test_leaky_kernel_backward_without_a_decay_gradient():
+    """Decays kept fixed (the "leaky_fixed" ablation): the backward skips the dot products and dL/dx
+    still equals the literal recurrence's."""
+    torch.manual_seed(8)
+    x = torch.randn(B, T, H, D, dtype=torch.float64).transpose(1, 2).requires_grad_()
+    log_decay = -torch.rand(1, H, 1, dtype=torch.float64)
+    G = torch.randn(B, H, T, D, dtype=torch.float64)
+    (fast,) = torch.autograd.grad((LeakyAverage.apply(x, log_decay, None, "native") * G).sum(), x)
+    (ref,) = torch.autograd.grad((leaky_average_reference(x, log_decay) * G).sum(), x)
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)

@@ -236,8 +236,9 @@ class LeakyAverage(torch.autograd.Function):
         # step's decay multiplies a zero state: a constant decay stays constant)
         shifted = log_decay if _constant_in_time(log_decay) else F.pad(logd[..., 1:], (0, 1))
         lam = logd.exp()
-        if ctx.method == "native":  # g~ in x's layout, and <g~_t, kbar_{t-1}> in the same pass
-            g, dots = leaky_kernel.leaky_scan_grad(grad, shifted, kbar, state, ctx.heads_last)
+        if ctx.method == "native":  # g~ in x's layout, and <g~_t, kbar_{t-1}> in the same pass if needed
+            kbar_for_dots = kbar if ctx.needs_input_grad[1] else None
+            g, dots = leaky_kernel.leaky_scan_grad(grad, shifted, kbar_for_dots, state, ctx.heads_last)
         else:
             g = _fast(grad, shifted, None, ctx.method, reverse=True)  # g~, (B, H, T, D)
             if ctx.needs_input_grad[1]:

@@ -118,16 +118,17 @@ def leaky_scan(
 
 
 def leaky_scan_grad(
-    grad: Tensor, log_decay: Tensor, kbar: Tensor, kbar_state: Tensor | None, heads_last: bool
-) -> tuple[Tensor, Tensor]:
+    grad: Tensor, log_decay: Tensor, kbar: Tensor | None, kbar_state: Tensor | None, heads_last: bool
+) -> tuple[Tensor, Tensor | None]:
     """The backward's reverse scan ``g~_t = g_t + lambda_t g~_{t+1}`` of ``grad`` (B, H, T, D), with
     ``log_decay`` the shifted decays, and ``<g~_t, kbar_{t-1}>`` (B, H, T) float64 in the same pass
-    (``kbar`` the forward's output, ``kbar_state`` its initial state or None). Returns (g~ in grad's
-    dtype, laid out as (B, T, H, D) when ``heads_last``, the dots)."""
+    (``kbar`` the forward's output, ``kbar_state`` its initial state or None; no dots without
+    ``kbar``). Returns (g~ in grad's dtype, laid out as (B, T, H, D) when ``heads_last``, the dots
+    or None)."""
     dtype = grad.dtype
     g, _, decay = _prepared(grad, None, log_decay)
     real = g.dtype
-    k = kbar.to(real).contiguous()
-    ks = None if kbar_state is None else kbar_state.to(real).contiguous()
+    k = None if kbar is None else kbar.to(real).contiguous()
+    ks = None if kbar is None or kbar_state is None else kbar_state.to(real).contiguous()
     y, dot = _leaky_scan(g, decay, None, True, heads_last, k, ks)
-    return y.to(dtype), dot
+    return y.to(dtype), (None if kbar is None else dot)
