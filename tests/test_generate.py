@@ -175,14 +175,15 @@ def test_caches_are_preallocated_for_the_whole_generation(name, monkeypatch):
     tokens outgrow the default first capacity of 2 x 40)."""
     from memory_mosaics.common import GrowingBuffer
 
-    grown, append = [], GrowingBuffer.append
+    grown, claim = [], GrowingBuffer.claim  # every append claims its room first
 
-    def spy(self, x):
+    def spy(self, t=1):
         before = self.capacity
-        append(self, x)
+        index = claim(self, t)
         grown.append(self.capacity != before)
+        return index
 
-    monkeypatch.setattr(GrowingBuffer, "append", spy)
+    monkeypatch.setattr(GrowingBuffer, "claim", spy)
     long_gpt = lambda: GPTLM(GPTConfig(vocab_size=V, n_layer=2, n_head=2, n_embd=16, block_size=256)).eval()  # noqa: E731
     (long_gpt if name == "gpt" else MODELS[name])().generate(torch.randint(0, V, (2, 40)), 100, temperature=0)
     assert grown and not any(grown)

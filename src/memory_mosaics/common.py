@@ -80,20 +80,31 @@ class GrowingBuffer:
         self._data[:, :, :n] = initial
         self.length = n
 
+    def claim(self, t: int = 1) -> int:
+        """Make room for t more entries (left unwritten, for the caller to fill) and count them in;
+        returns the index of the first."""
+        n = self.length
+        if n + t > self._data.shape[2]:
+            grown = self._data.new_empty(*self._data.shape[:2], 2 * (n + t), self._data.shape[3])
+            grown[:, :, :n] = self._data[:, :, :n]
+            self._data = grown
+        self.length = n + t
+        return n
+
     def append(self, x: Tensor) -> None:
         """Append x (B, H, t, D)."""
-        t = x.shape[2]
-        if self.length + t > self._data.shape[2]:
-            grown = self._data.new_empty(*self._data.shape[:2], 2 * (self.length + t), self._data.shape[3])
-            grown[:, :, : self.length] = self._data[:, :, : self.length]
-            self._data = grown
-        self._data[:, :, self.length : self.length + t] = x
-        self.length += t
+        n = self.claim(x.shape[2])
+        self._data[:, :, n : self.length] = x
 
     @property
     def capacity(self) -> int:
         """Entries it holds before it must reallocate."""
         return self._data.shape[2]
+
+    @property
+    def storage(self) -> Tensor:
+        """The whole (B, H, capacity, D) storage; entries from ``length`` on are unused."""
+        return self._data
 
     def view(self, start: int = 0, stop: int | None = None) -> Tensor:
         """Stored entries [start, stop) as a (B, H, stop - start, D) view."""
@@ -101,17 +112,22 @@ class GrowingBuffer:
         return self._data[:, :, start:stop]
 
 
-def frozen(module: nn.Module, name: str, compute: Callable[[], Tensor]) -> Tensor:
-    """``compute()``, a function of ``module``'s own parameters and buffers, memoised under ``name``
-    while no autograd graph is recorded and none of them changed (same storage, same version
-    counter): decoding computes its per-head transforms (decays, bandwidths, scales) once, not at
-    every token. With gradients enabled, or while compiling, it simply calls ``compute()``."""
+def frozen(module: nn.Module, name: str, compute: Callable[[], Tensor], also: tuple[nn.Module, ...] = ()) -> Tensor:
+    """``compute()``, a function of the own parameters and buffers of ``module`` (and of the modules
+    ``also``), memoised under ``name`` while no autograd graph is recorded and none of them changed
+    (same storage, same version counter): decoding computes its per-head transforms (decays,
+    bandwidths, scales) once, not at every token. With gradients enabled, or while compiling, it
+    simply calls ``compute()``."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return compute()
-    # the module's own tensors, read from its registries (parameters(False) walks a generator: a
-    # decoding step calls this some 24 times)
-    own = (*module._parameters.values(), *module._buffers.values())
-    key = tuple((t.data_ptr(), t._version) for t in own if t is not None)
+    # the modules' own tensors, read from their registries (parameters(False) walks a generator: a
+    # decoding step calls this a few times per memory)
+    key = tuple(
+        (t.data_ptr(), t._version)
+        for m in (module, *also)
+        for t in (*m._parameters.values(), *m._buffers.values())
+        if t is not None
+    )
     cache = module.__dict__.setdefault("_frozen", {})
     hit = cache.get(name)
     if hit is None or hit[0] != key:

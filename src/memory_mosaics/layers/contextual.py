@@ -21,10 +21,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..common import GrowingBuffer, merge_heads
+from ..common import GrowingBuffer, frozen, merge_heads, split_heads
+from ..ops import memory_step
 from ..ops.retrieval import causal_retrieval, causal_retrieval_weights, memory_readout
 from ..ops.unit_rows import unit_keys
-from .extractors import PeekValue
+from .extractors import LeakyAverageKey, LinearKey, PeekValue, step_decay
 
 
 @dataclass
@@ -139,16 +140,66 @@ class ContextualMemory(nn.Module):
     def step(self, x: Tensor, state: ContextualState) -> Tensor:
         """One new input x (B, 1, d_in): complete and store the previous pair, then answer.
 
-        Updates ``state`` in place and returns the output (B, 1, d_out).
-        """
+        Updates ``state`` in place and returns the output (B, 1, d_out). On the CPU with a per-head
+        decay (or none), all but the projections is one call of :func:`..ops.memory_step.memory_step`;
+        otherwise the torch operations below (the same formulas)."""
         t = state.t
+        stop = t - self.min_lag + 1
+        start = 0 if self.max_lag is None else max(0, t - self.max_lag)
+        if memory_step.supports(x) and isinstance(self.key, (LeakyAverageKey, LinearKey)):
+            return self._kernel_step(x, state, start, stop)
         k, q, state.key_state = self._keys_and_queries(x, t, state.key_state)
         v_tilde = self.value.project(x)
         state.keys.append(state.pending_key)
         state.values.append(self.value.mix(state.pending_value, v_tilde))  # v_{t-1} peeks at x_t
         state.pending_key, state.pending_value = k, v_tilde
-        stop = t - self.min_lag + 1
-        start = 0 if self.max_lag is None else max(0, t - self.max_lag)
         y = memory_readout(q, state.keys.view(start, max(start, stop)), state.values.view(start, max(start, stop)))
         state.t = t + 1
+        return self._output(y)
+
+    def _step_scalars(self, t: int) -> Tensor:
+        """Per-head scalars of the step at time t, (4, H): lambda_h, beta_h, gamma_h and the values'
+        alpha_h (1 without normalisation)."""
+
+        def compute() -> Tensor:
+            H = self.value.gamma.shape[0]
+            n = self.visible_pairs(torch.tensor([t])) if self.bandwidth.depends_on_count else None
+            alpha = self.value.alpha()
+            return torch.stack(
+                [
+                    step_decay(self.key, H),
+                    self.bandwidth(n).expand(H, 1)[:, 0],
+                    self.value.gamma,
+                    torch.ones(H) if alpha is None else alpha,
+                ]
+            )
+
+        if self.bandwidth.depends_on_count:  # beta changes with the number of pairs
+            return compute()
+        return frozen(self, "step_scalars", compute, also=(self.key, self.value, self.bandwidth))
+
+    def _kernel_step(self, x: Tensor, state: ContextualState, start: int, stop: int) -> Tensor:
+        H = self.value.n_head
+        decay, beta, gamma, alpha = self._step_scalars(state.t)
+        leaky = isinstance(self.key, LeakyAverageKey) and state.key_state is not None
+        phi = split_heads(self.key.proj(x), H)
+        v_tilde = self.value.project(x)
+        slot = state.keys.claim()
+        state.values.claim()
+        store = (slot, v_tilde, state.pending_key, state.pending_value, gamma, alpha if self.value.normalize else None)
+        y, kbar, k = memory_step.memory_step(
+            phi,
+            state.key_state[:, :, None] if leaky else None,
+            decay,
+            beta,
+            state.keys.storage,
+            state.values.storage,
+            start,
+            min(stop, slot + 1),
+            normalize=self.normalize_keys,
+            store=store,
+        )
+        state.key_state = kbar[:, :, 0] if isinstance(self.key, LeakyAverageKey) else None
+        state.pending_key, state.pending_value = k, v_tilde
+        state.t += 1
         return self._output(y)

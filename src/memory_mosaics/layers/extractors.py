@@ -72,6 +72,14 @@ class LeakyAverageKey(nn.Module):
         return kbar, kbar[:, :, -1]
 
 
+def step_decay(key: LinearKey | LeakyAverageKey, n_head: int) -> Tensor:
+    """lambda_h (H,) of a key whose decoding step is ``kbar_t = W_phi x_t + lambda_h kbar_{t-1}``:
+    the leaky average's decays, zeros for :class:`LinearKey` (its key is the present input only)."""
+    if isinstance(key, LeakyAverageKey):
+        return key.log_decay().exp().view(-1)
+    return torch.zeros(n_head)
+
+
 class GatedLeakyKey(nn.Module):
     """v2 gated, input-dependent key (spec 5.2):
 

@@ -16,10 +16,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..common import frozen, merge_heads
+from ..common import frozen, merge_heads, split_heads
+from ..ops import memory_step
 from ..ops.retrieval import memory_readout
 from ..ops.unit_rows import unit_keys
-from .extractors import EXP_SCALE
+from .extractors import EXP_SCALE, LeakyAverageKey, LinearKey, step_decay
 
 
 class PersistentMemory(nn.Module):
@@ -50,17 +51,24 @@ class PersistentMemory(nn.Module):
     def _queries(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """q_t = beta_h kbar_t / ||kbar_t|| (or beta_h kbar_t), (B, H, T, Dh), and the key extractor's state."""
         kbar, key_state = self.key(x, key_state)
-        n = torch.full((1,), self.kappa.shape[2], device=x.device) if self.bandwidth.depends_on_count else None
-        beta = self.bandwidth(n).to(kbar.dtype)[None, :, :, None]  # (1, 1|H, 1, 1): every query sees N pairs
+        beta = self._bandwidth().to(kbar.dtype)[None, :, :, None]  # (1, 1|H, 1, 1)
         return (unit_keys(kbar, beta, keys=False)[1] if self.normalize else kbar * beta), key_state
+
+    def _bandwidth(self) -> Tensor:
+        """beta (1 or H, 1): every query sees the N pairs."""
+        n = torch.full((1,), self.kappa.shape[2], device=self.kappa.device) if self.bandwidth.depends_on_count else None
+        return self.bandwidth(n)
 
     def _forward(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
         q, key_state = self._queries(x, key_state)
         p = self.attn_dropout if self.training else 0.0
-        alpha = frozen(self, "alpha", lambda: (EXP_SCALE * self.theta).exp().view(1, -1, 1, 1))
         y = memory_readout(q, self.kappa, self.u, dropout_p=p)
-        y = y * alpha.to(y.dtype)
+        y = y * self.alpha().view(1, -1, 1, 1).to(y.dtype)
         return self.resid_dropout(self.c_proj(merge_heads(y))), key_state
+
+    def alpha(self) -> Tensor:
+        """alpha_h = exp(10 theta_h), (H,)."""
+        return frozen(self, "alpha", lambda: (EXP_SCALE * self.theta).exp())
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, T, d_in) -> (B, T, d_out)."""
@@ -78,5 +86,21 @@ class PersistentMemory(nn.Module):
 
     @torch.no_grad()
     def step(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """One input x (B, 1, d_in) continuing from ``key_state``."""
-        return self._forward(x, key_state)
+        """One input x (B, 1, d_in) continuing from ``key_state``. On the CPU with a per-head decay
+        (or none), all but the projections is one call of :func:`..ops.memory_step.memory_step`."""
+        if not (memory_step.supports(x) and isinstance(self.key, (LeakyAverageKey, LinearKey))):
+            return self._forward(x, key_state)
+        H = self.kappa.shape[1]
+        decay, beta, alpha = frozen(
+            self,
+            "step_scalars",  # lambda_h, beta_h, alpha_h (H,)
+            lambda: torch.stack([step_decay(self.key, H), self._bandwidth().expand(H, 1)[:, 0], self.alpha()]),
+            also=(self.key, self.bandwidth),
+        )
+        leaky = isinstance(self.key, LeakyAverageKey)
+        phi = split_heads(self.key.proj(x), H)
+        state = key_state[:, :, None] if leaky and key_state is not None else None
+        y, kbar, _ = memory_step.memory_step(
+            phi, state, decay, beta, self.kappa, self.u, 0, self.kappa.shape[2], alpha=alpha, normalize=self.normalize
+        )
+        return self.resid_dropout(self.c_proj(merge_heads(y))), (kbar[:, :, 0] if leaky else None)

@@ -1,0 +1,160 @@
+"""One decoding step of a memory: everything between its projections (spec sections 2.1-2.2).
+
+For one new input, with ``phi = W_phi x`` and (contextual memory) ``psi = v~ = W_psi x``:
+
+    kbar = phi + lambda_h kbar_prev                 (the leaky average; no state: kbar = phi)
+    k = kbar / ||kbar|| (normalize, else kbar),   q = beta_h k
+    keys[slot] = pending k,   values[slot] = peek(pending v~, psi)      (contextual memory only:
+                                                     the previous input's pair, completed by psi)
+    y = alpha_h sum_{s in [start, stop)} softmax_s(q . keys[s]) values[s]
+
+Shapes: ``phi``, ``psi``, ``state``, ``pending_key``, ``pending_value`` (B, H, 1, D); ``keys``,
+``values`` (B or 1, H, N, D), the pairs read (a memory's stored pairs, or the persistent memory's
+bank); ``decay``, ``beta``, ``gamma``, ``value_alpha``, ``alpha`` (H,). Returns y (B, H, 1, D),
+kbar and k (B, H, 1, D).
+
+* :func:`memory_step_reference` is the formula in the torch operations the layers use for a whole
+  sequence (:func:`.unit_rows.unit_keys_reference`, :func:`.peek.peek_mix`, :func:`.retrieval.memory_readout`).
+* :func:`memory_step` does the same with one call of the C kernel of :file:`csrc/memory_step.c` for
+  all but the read (key, query, stored pair: some 20 torch operators on (B, H, 1, D) tensors, whose
+  dispatch costs more than their arithmetic at batch 1), then the same read. Decoding only (no
+  autograd, not traced): :func:`supports` says when the layers may call it; the kernel is built on
+  first use like the package's other kernels (:mod:`.native`; ``MEMORY_MOSAICS_NATIVE=0`` disables
+  it). Float32 and float64.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import native
+from .peek import peek_mix
+from .retrieval import memory_readout
+from .unit_rows import unit_keys_reference
+
+SOURCE = Path(__file__).with_name("csrc") / "memory_step.c"
+SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+# With several threads, reads of at least this many key and value elements go to SDPA, which splits
+# them among torch's threads: about 200 us on one core (docs/benchmarks.md, round 5).
+PARALLEL_READ = 1 << 19
+
+
+def _configure(lib: ctypes.CDLL) -> None:
+    ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    for suffix in SUFFIX.values():
+        getattr(lib, f"memory_step_{suffix}").argtypes = [ptr] * 10 + [i64] * 3 + [ptr] * 4 + [i32] * 4
+        getattr(lib, f"memory_read_{suffix}").argtypes = [ptr] * 5 + [i64] * 4 + [i32] * 3
+
+
+_library, available = native.kernel(SOURCE, _configure)
+
+
+def supports(x: Tensor) -> bool:
+    """Whether :func:`memory_step` may take a step on input x: CPU float32 or float64, no autograd
+    graph recorded, not traced by ``torch.compile`` or ``torch.export``, kernel built."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in SUFFIX
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and available()
+    )
+
+
+def memory_step_reference(
+    phi: Tensor,
+    state: Tensor | None,
+    decay: Tensor,
+    beta: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    start: int,
+    stop: int,
+    *,
+    alpha: Tensor | None = None,
+    normalize: bool = True,
+    store: tuple[int, Tensor, Tensor, Tensor, Tensor, Tensor | None] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, kbar, k) by the torch formulas (module docstring). ``store``: ``(slot, psi, pending_key,
+    pending_value, gamma, value_alpha)``, written into ``keys`` and ``values`` before the read."""
+    heads = lambda p: p.view(1, -1, 1, 1).to(phi.dtype)  # noqa: E731
+    kbar = phi if state is None else phi + heads(decay) * state
+    if normalize:
+        k, q = unit_keys_reference(kbar, heads(beta))
+    else:
+        k, q = kbar, kbar * heads(beta)
+    if store is not None:
+        slot, psi, pending_key, pending_value, gamma, value_alpha = store
+        keys[:, :, slot : slot + 1] = pending_key
+        values[:, :, slot : slot + 1] = peek_mix(pending_value, psi, gamma, value_alpha)
+    y = memory_readout(q, keys[:, :, start:stop], values[:, :, start:stop])
+    return (y if alpha is None else y * heads(alpha)), kbar, k
+
+
+def _ptr(t: Tensor | None) -> ctypes.c_void_p | None:
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _rows(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """t laid out row after row in ``dtype`` (a copy only if it is not already)."""
+    return None if t is None else t.to(dtype).contiguous()
+
+
+def memory_step(
+    phi: Tensor,
+    state: Tensor | None,
+    decay: Tensor,
+    beta: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    start: int,
+    stop: int,
+    *,
+    alpha: Tensor | None = None,
+    normalize: bool = True,
+    store: tuple[int, Tensor, Tensor, Tensor, Tensor, Tensor | None] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`memory_step_reference` by the kernels, where :func:`supports` ``phi``. ``keys`` and
+    ``values`` (a :class:`..common.GrowingBuffer`'s storage, or a bank) have rows of D contiguous
+    values and equal strides, and hold ``slot`` when storing. The read is the kernel's, on one
+    thread, or SDPA on torch's threads when there are several and it reads at least
+    ``PARALLEL_READ`` elements."""
+    B, H, _, D = phi.shape
+    slot, psi, pending_key, pending_value, gamma, value_alpha = (0,) + (None,) * 5 if store is None else store
+    if keys.stride(3) != 1 or keys.stride(2) != D or values.stride() != keys.stride():
+        raise ValueError("memory_step needs keys and values with rows of D contiguous values and equal strides")
+    kbar, k, q = phi.new_empty(3, B, H, 1, D)
+    rows = [_rows(t, phi.dtype) for t in (phi, psi, state, pending_key, pending_value)]
+    per_head = [_rows(p, phi.dtype) for p in (decay, beta, gamma, value_alpha)]
+    lib, suffix = _library(), SUFFIX[phi.dtype]
+    getattr(lib, f"memory_step_{suffix}")(
+        *(_ptr(t) for t in (*rows, kbar, k, q, keys, values)),
+        keys.stride(0),
+        keys.stride(1),
+        slot,
+        *(_ptr(p) for p in per_head),
+        int(normalize),
+        B,
+        H,
+        D,
+    )
+    stop = max(start, stop)
+    if torch.get_num_threads() > 1 and B * H * (stop - start) * D >= PARALLEL_READ:
+        y = memory_readout(q, keys[:, :, start:stop], values[:, :, start:stop])  # torch's threads
+        return (y if alpha is None else y * alpha.view(1, -1, 1, 1).to(y.dtype)), kbar, k
+    y, alpha = torch.empty_like(q), _rows(alpha, phi.dtype)  # held here: the kernel reads their memory
+    getattr(lib, f"memory_read_{suffix}")(
+        *(_ptr(t) for t in (q, keys, values, alpha, y)),
+        keys.stride(0) if keys.shape[0] > 1 else 0,
+        keys.stride(1),
+        start,
+        stop,
+        B,
+        H,
+        D,
+    )
+    return y, kbar, k
