@@ -3,9 +3,10 @@
 Compares MosaicLM with its memory as the cache, MosaicLM recomputing the full forward for every
 new token (batch 1), and GPTLM with its KV cache, at each batch size; with ``--compile`` also both
 models with their decoding step under ``torch.compile`` (timed after a warm-up generation that
-compiles it; the compilation time is printed).
+compiles it; the compilation time is printed). The two models' generations alternate, min of
+``repeats`` each.
 
-    python benchmarks/bench_decode.py [--prompt 768] [--new 256] [--batch 1 8] [--repeats 3] [--compile]
+    python benchmarks/bench_decode.py [--prompt 768] [--new 256] [--batch 1 8] [--repeats 5] [--compile]
 """
 
 import argparse
@@ -36,12 +37,24 @@ def recompute_time(model, prompt_len, new, samples=5, repeats=2):
     return sum(per_step) / len(per_step) * new
 
 
+def alternated(runs: dict, repeats: int) -> dict:
+    """Min time of each of ``runs`` over ``repeats`` rounds, the runs alternating within a round (this
+    machine's speed drifts: a model timed only in a slow phase would look slower)."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--prompt", type=int, default=768)
     p.add_argument("--new", type=int, default=256)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also time compiled decoding steps")
     args = p.parse_args()
     header(f"decoding {args.new} tokens after a {args.prompt}-token prompt, n_layer 4, d 256")
@@ -53,15 +66,22 @@ def main():
         modes = [False, True] if args.compile else [False]
         times = {}
         for compiled in modes:
+            runs = {}
+            if compiled:
+                torch._dynamo.reset()  # both steps compiled from scratch, then both kept
             for name, model in (("mosaic", m), ("gpt", g)):
                 options = {"compile": True} if compiled else {}
-                run = lambda model=model, options=options: model.generate(prompt, args.new, temperature=0, **options)  # noqa: E731
+                runs[name] = lambda model=model, options=options: model.generate(  # noqa: E731
+                    prompt, args.new, temperature=0, **options
+                )
                 if compiled:
-                    torch._dynamo.reset()
                     start = time.perf_counter()
-                    run()
+                    runs[name]()
                     print(f"batch {B}: {name} compiled step: first generation {time.perf_counter() - start:.1f} s")
-                times[name, compiled] = t = best_time(run, args.repeats)
+                else:
+                    runs[name]()  # warm-up
+            for name, t in alternated(runs, args.repeats).items():
+                times[name, compiled] = t
                 label = f"{name}, {'memory' if name == 'mosaic' else 'KV'} cache{', compiled' if compiled else ''}"
                 print(f"batch {B}: {label:32s} {t:7.2f} s  {rate(t, B):8.1f} tokens/s")
             ratio = times["mosaic", compiled] / times["gpt", compiled]

@@ -1,16 +1,15 @@
 """One decoding step of a memory on the CPU: the torch operations against the kernels of
-ops/memory_step.py, and the read alone (the kernel's loop against SDPA), from a cold cache.
+ops/memory_step.py, and the read alone (SDPA against the kernels' step without key or pair).
 
     python benchmarks/bench_memory_step.py [--pairs 1024] [--batch 1 8] [--repeats 30]
 
 Layers of the benchmark size (d 256, 4 heads of 64), fp32. A step of a contextual memory holding
-``pairs`` pairs, and of a persistent memory (its bank of 3.5 d pairs per head): median time of one
-step over ``repeats``, each after the caches were flushed (a 64 MiB write), as in a model, where the
-other layers' weights pass through the cache between two steps of one memory.
+``pairs`` pairs, and of a persistent memory (its bank of 3.5 d pairs per head): min time of one step
+over ``repeats``, repeated on the same data (warm caches: a model's step runs between other layers'
+work, see bench_decode.py for the whole step).
 """
 
 import argparse
-import statistics
 import time
 from unittest import mock
 
@@ -19,17 +18,14 @@ from common import header, mosaic
 
 from memory_mosaics.ops import memory_step
 
-FLUSH = torch.zeros(16 * 2**20)
 
-
-def median_time(fn, repeats: int) -> float:
+def min_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
-        FLUSH.add_(1.0)
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 @torch.no_grad()
@@ -41,7 +37,7 @@ def main():
     args = p.parse_args()
     if not memory_step.available():
         raise SystemExit("the memory-step kernel is not built (no C compiler?)")
-    header(f"one decoding step of a memory, {args.pairs} stored pairs, fp32, median of {args.repeats}, us")
+    header(f"one decoding step of a memory, {args.pairs} stored pairs, fp32, min of {args.repeats}, us")
     torch.manual_seed(0)
     block = mosaic().eval().blocks[0]
     for B in args.batch:
@@ -53,16 +49,16 @@ def main():
             "persistent": lambda: block.pmem.step(x[:, -1:], p_state),
         }
         for name, step in steps.items():
-            fast = median_time(step, args.repeats)
+            fast = min_time(step, args.repeats)
             with mock.patch.object(memory_step, "available", lambda: False):
-                plain = median_time(step, args.repeats)
+                plain = min_time(step, args.repeats)
             times = f"torch {plain * 1e6:7.0f}  kernels {fast * 1e6:7.0f}  ({plain / fast:.2f}x)"
             print(f"batch {B}: {name:10s} step  {times}")
         q = torch.randn(B, 4, 1, 64)
         keys, values = torch.randn(2, B, 4, args.pairs, 64)
         kw = dict(phi=q, state=None, decay=torch.zeros(4), beta=torch.ones(4), keys=keys, values=values)
-        kernel = median_time(lambda: memory_step.memory_step(start=0, stop=args.pairs, **kw), args.repeats)
-        sdpa = median_time(
+        kernel = min_time(lambda: memory_step.memory_step(start=0, stop=args.pairs, **kw), args.repeats)
+        sdpa = min_time(
             lambda: torch.nn.functional.scaled_dot_product_attention(q, keys, values, scale=1.0), args.repeats
         )
         threads = torch.get_num_threads()

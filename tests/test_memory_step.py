@@ -73,10 +73,17 @@ def test_kernel_without_the_optional_parts(without):
             torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_large_reads_on_several_threads_take_sdpa_and_agree(threads, monkeypatch):
-    """With several threads a read of PARALLEL_READ elements or more goes to SDPA, on one thread to
-    the kernel's loop: both give the formula's answer."""
+@pytest.mark.parametrize(
+    "threads,B,bank,sdpa",
+    [
+        (1, 4, False, False),  # one thread: the kernel's loop
+        (2, 4, False, True),  # several threads, a large read: SDPA on torch's threads
+        (2, 1, False, False),  # several threads, a small read: the kernel's loop
+        (1, 4, True, True),  # a bank shared by the batch: SDPA reads it once for all queries
+        (1, 1, True, False),  # a bank read by one query: the kernel's loop
+    ],
+)
+def test_each_read_takes_its_path_and_agrees(threads, B, bank, sdpa, monkeypatch):
     torch.manual_seed(0)
     monkeypatch.setattr(ms, "PARALLEL_READ", 2 * H * N * D)  # reads of two batch elements or more
     calls = []
@@ -85,12 +92,12 @@ def test_large_reads_on_several_threads_take_sdpa_and_agree(threads, monkeypatch
     torch.set_num_threads(threads)
     try:
         with torch.no_grad():
-            pairs = _both(_inputs(4, True, torch.float64), 0, N)
+            pairs = _both(_inputs(B, bank, torch.float64), 0, N - 1)
     finally:
         torch.set_num_threads(saved)
     for fast, ref in pairs:
         torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
-    assert len(calls) == (2 if threads > 1 else 1)  # the reference always reads with memory_readout
+    assert len(calls) == 1 + sdpa  # the reference always reads with memory_readout
 
 
 def test_kernel_refuses_keys_without_contiguous_rows():

@@ -121,8 +121,9 @@ def memory_step(
     """:func:`memory_step_reference` by the kernels, where :func:`supports` ``phi``. ``keys`` and
     ``values`` (a :class:`..common.GrowingBuffer`'s storage, or a bank) have rows of D contiguous
     values and equal strides, and hold ``slot`` when storing. The read is the kernel's, on one
-    thread, or SDPA on torch's threads when there are several and it reads at least
-    ``PARALLEL_READ`` elements."""
+    thread, or :func:`.retrieval.memory_readout` (SDPA) for pairs shared by a batch (one product
+    over all its queries) and, when torch has several threads, for reads of at least
+    ``PARALLEL_READ`` elements (split among them)."""
     B, H, _, D = phi.shape
     slot, psi, pending_key, pending_value, gamma, value_alpha = (0,) + (None,) * 5 if store is None else store
     if keys.stride(3) != 1 or keys.stride(2) != D or values.stride() != keys.stride():
@@ -143,8 +144,9 @@ def memory_step(
         D,
     )
     stop = max(start, stop)
-    if torch.get_num_threads() > 1 and B * H * (stop - start) * D >= PARALLEL_READ:
-        y = memory_readout(q, keys[:, :, start:stop], values[:, :, start:stop])  # torch's threads
+    shared = keys.shape[0] == 1 and B > 1  # a bank read by the batch: SDPA reads it once for all B queries
+    if shared or (torch.get_num_threads() > 1 and B * H * (stop - start) * D >= PARALLEL_READ):
+        y = memory_readout(q, keys[:, :, start:stop], values[:, :, start:stop])
         return (y if alpha is None else y * alpha.view(1, -1, 1, 1).to(y.dtype)), kbar, k
     y, alpha = torch.empty_like(q), _rows(alpha, phi.dtype)  # held here: the kernel reads their memory
     getattr(lib, f"memory_read_{suffix}")(
