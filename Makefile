@@ -41,7 +41,8 @@ bench: $(BIN)/.installed
 	cd benchmarks && ../$(BIN)/python count_flops.py && ../$(BIN)/python bench_leaky_average.py \
 	  && ../$(BIN)/python bench_unit_rows.py && ../$(BIN)/python bench_block_parts.py && ../$(BIN)/python bench_readout.py \
 	  && ../$(BIN)/python bench_train_step.py \
-	  && ../$(BIN)/python bench_decode.py --compile && ../$(BIN)/python bench_step_overhead.py && ../$(BIN)/python bench_memory.py && ../$(BIN)/python bench_memory.py --grad \
+	  && ../$(BIN)/python bench_decode.py --compile && ../$(BIN)/python bench_step_overhead.py \
+	  && ../$(BIN)/python bench_memory_step.py && ../$(BIN)/python bench_memory.py && ../$(BIN)/python bench_memory.py --grad \
 	  && ../$(BIN)/python bench_memory.py --grad --mmap-threshold 65536 && ../$(BIN)/python bench_memory.py --saved \
 	  && ../$(BIN)/python bench_v2_scaling.py && ../$(BIN)/python bench_small_head.py
 

@@ -15,12 +15,12 @@ kbar and k (B, H, 1, D).
 
 * :func:`memory_step_reference` is the formula in the torch operations the layers use for a whole
   sequence (:func:`.unit_rows.unit_keys_reference`, :func:`.peek.peek_mix`, :func:`.retrieval.memory_readout`).
-* :func:`memory_step` does the same with one call of the C kernel of :file:`csrc/memory_step.c` for
-  all but the read (key, query, stored pair: some 20 torch operators on (B, H, 1, D) tensors, whose
-  dispatch costs more than their arithmetic at batch 1), then the same read. Decoding only (no
-  autograd, not traced): :func:`supports` says when the layers may call it; the kernel is built on
-  first use like the package's other kernels (:mod:`.native`; ``MEMORY_MOSAICS_NATIVE=0`` disables
-  it). Float32 and float64.
+* :func:`memory_step` does the same with the C kernels of :file:`csrc/memory_step.c`: one call for
+  the row-wise work (key, query, stored pair: some 20 torch operators on (B, H, 1, D) tensors, whose
+  dispatch costs more than their arithmetic at batch 1) and one for the read, or SDPA for the reads
+  it does better (see :func:`memory_step`). Decoding only (no autograd, not traced): :func:`supports`
+  says when the layers may call it; the kernels are built on first use like the package's others
+  (:mod:`.native`; ``MEMORY_MOSAICS_NATIVE=0`` disables them). Float32 and float64.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from .unit_rows import unit_keys_reference
 SOURCE = Path(__file__).with_name("csrc") / "memory_step.c"
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 # With several threads, reads of at least this many key and value elements go to SDPA, which splits
-# them among torch's threads: about 200 us on one core (docs/benchmarks.md, round 5).
+# them among torch's threads (the kernel's loop runs on one): 2 batch elements of the benchmark's
+# 1024 pairs x 4 heads x 64 (docs/benchmarks.md, round 5).
 PARALLEL_READ = 1 << 19
 
 

@@ -17,8 +17,8 @@
    One thread (ops/memory_step.py hands large reads to SDPA when torch has several).
 
    Why: written with torch operations, the step is some 20 operators on (B, H, 1, D) tensors, whose
-   dispatch costs more than their arithmetic at batch 1, and SDPA reads one query slower than this
-   loop on one thread (docs/benchmarks.md, round 5). Float32 (_f32) and float64 (_f64); dot
+   dispatch costs more than their arithmetic at batch 1; and in a model's decoding step on one
+   thread, this loop read faster than SDPA (an A/B of the whole step: docs/benchmarks.md, round 5). Float32 (_f32) and float64 (_f64); dot
    products in double (lanes.h), except the float32 read's (float, twice the SIMD lanes: its
    arithmetic, not memory, bounds it when its pairs are in cache); sums and exponentials in the
    storage type. */
