@@ -2,7 +2,7 @@
 
     python benchmarks/bench_gpu_paper.py [--depths 1 12] [--contexts 512] [--tokens 16384] [--steps 10]
                                          [--modes eager compile] [--dropout authors|off]
-                                         [--leaky auto|chunked|scan] [--profile DIR] [--budget-s 150]
+                                         [--leaky auto|chunked|scan|assoc] [--profile DIR] [--budget-s 150]
                                          [--out FILE.json]
 
 For each context, depth, mode (eager, ``torch.compile``) and model (Mosaic, GPT-2) of the paper's
@@ -11,7 +11,8 @@ AdamW steps under bf16 autocast on ``--tokens`` tokens per step (micro-batch = t
 default is the paper preset's 32 sequences of 512) of random tokens, and prints tokens/s, peak
 memory and MFU. ``--dropout authors``: the Mosaic with the authors' dropouts (residual 0.05, P-mem
 retrieval 0.05), GPT-2 with 0.05; ``off``: none. ``--leaky``: the Mosaic's leaky-average form
-(``ops.leaky_average.use_method``; ``auto``, the default, is the doubling scan on a GPU).
+(``ops.leaky_average.use_method``; ``auto``, the default, is the doubling scan on a GPU; ``assoc``,
+torch's associative scan, one Triton scan kernel under ``torch.compile``).
 ``--profile DIR`` profiles two more steps of each configuration with ``torch.profiler`` and writes the
 kernels that took the most GPU time to ``DIR/<model>-<depth>-<mode>-T<context>.txt``. Model FLOPs
 per token (nanoGPT's convention): 6 N + 12 L d T, N the
@@ -146,7 +147,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=16384, help="tokens per step: micro-batch = tokens / context")
     p.add_argument("--dropout", choices=["authors", "off"], default="authors")
     p.add_argument(
-        "--leaky", choices=["auto", "chunked", "scan"], default="auto", help="the Mosaic's leaky-average form"
+        "--leaky", choices=["auto", "chunked", "scan", "assoc"], default="auto", help="the Mosaic's leaky-average form"
     )
     p.add_argument("--profile", metavar="DIR", help="profile each configuration; kernel tables to DIR")
     p.add_argument("--steps", type=int, default=10)

@@ -10,22 +10,12 @@ work, see bench_decode.py for the whole step).
 """
 
 import argparse
-import time
 from unittest import mock
 
 import torch
-from common import header, mosaic
+from common import best_time, header, mosaic
 
 from memory_mosaics.ops import memory_step
-
-
-def min_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 @torch.no_grad()
@@ -42,23 +32,26 @@ def main():
     block = mosaic().eval().blocks[0]
     for B in args.batch:
         x = torch.randn(B, args.pairs + 1, 256)
-        _, c_state = block.cmem.prefill(x[:, :-1])
-        p_state = block.pmem.prefill(x[:, :-1])[1]
-        steps = {
-            "contextual": lambda: block.cmem.step(x[:, -1:], c_state),
-            "persistent": lambda: block.pmem.step(x[:, -1:], p_state),
-        }
-        for name, step in steps.items():
-            fast = min_time(step, args.repeats)
+
+        def steps(name: str):
+            """A step of a memory just prefilled with ``pairs`` pairs (each timing starts from there)."""
+            if name == "contextual":
+                state = block.cmem.prefill(x[:, :-1])[1]
+                return lambda: block.cmem.step(x[:, -1:], state)
+            state = block.pmem.prefill(x[:, :-1])[1]
+            return lambda: block.pmem.step(x[:, -1:], state)
+
+        for name in ("contextual", "persistent"):
+            fast = best_time(steps(name), args.repeats)
             with mock.patch.object(memory_step, "available", lambda: False):
-                plain = min_time(step, args.repeats)
+                plain = best_time(steps(name), args.repeats)
             times = f"torch {plain * 1e6:7.0f}  kernels {fast * 1e6:7.0f}  ({plain / fast:.2f}x)"
             print(f"batch {B}: {name:10s} step  {times}")
         q = torch.randn(B, 4, 1, 64)
         keys, values = torch.randn(2, B, 4, args.pairs, 64)
         kw = dict(phi=q, state=None, decay=torch.zeros(4), beta=torch.ones(4), keys=keys, values=values)
-        kernel = min_time(lambda: memory_step.memory_step(start=0, stop=args.pairs, **kw), args.repeats)
-        sdpa = min_time(
+        kernel = best_time(lambda: memory_step.memory_step(start=0, stop=args.pairs, **kw), args.repeats)
+        sdpa = best_time(
             lambda: torch.nn.functional.scaled_dot_product_attention(q, keys, values, scale=1.0), args.repeats
         )
         threads = torch.get_num_threads()

@@ -1,5 +1,7 @@
 """Fast ops against their literal references: values and gradients."""
 
+import sys
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from memory_mosaics.ops import (
     retrieval,
     small_head,
 )
-from memory_mosaics.ops.leaky_average import leaky_average
+from memory_mosaics.ops.leaky_average import associative_scan_available, leaky_average, leaky_average_assoc
 
 
 def _grads(fn, *tensors):
@@ -33,8 +35,14 @@ NATIVE = pytest.param(
     leaky_native,
     marks=pytest.mark.skipif(not leaky_kernel.available(), reason="leaky-average kernel not built (no C compiler)"),
 )
+ASSOC = pytest.param(
+    leaky_average_assoc,
+    marks=pytest.mark.skipif(not associative_scan_available(), reason="no torch associative_scan"),
+)
 FAST = pytest.mark.parametrize(
-    "fast_op", [leaky_average_chunked, leaky_average_scan, NATIVE], ids=["chunked", "scan", "native"]
+    "fast_op",
+    [leaky_average_chunked, leaky_average_scan, NATIVE, ASSOC],
+    ids=["chunked", "scan", "native", "assoc"],
 )
 
 
@@ -60,6 +68,8 @@ def test_leaky_average_fp64_exact_with_state_and_time_varying_decay():
     for chunk in (2, 7, 64):
         torch.testing.assert_close(leaky_average_chunked(x, ld, state, chunk=chunk), ref, atol=1e-11, rtol=0)
     torch.testing.assert_close(leaky_average_scan(x, ld, state), ref, atol=1e-11, rtol=0)
+    if associative_scan_available():
+        torch.testing.assert_close(leaky_average_assoc(x, ld, state), ref, atol=1e-11, rtol=0)
     if leaky_kernel.available():
         torch.testing.assert_close(leaky_native(x, ld, state), ref, atol=1e-11, rtol=0)
 
@@ -82,6 +92,13 @@ def test_leaky_average_bf16_loose(fast_op):
     fast = fast_op(x.bfloat16(), ld)
     assert fast.dtype == torch.bfloat16
     assert (ref - fast.float()).abs().max() / ref.abs().max() < 3e-2
+
+
+def test_assoc_form_says_when_torch_lacks_the_scan(monkeypatch):
+    module = sys.modules[leaky_average_assoc.__module__]  # the ops package's leaky_average is the function
+    monkeypatch.setattr(module, "associative_scan_available", lambda: False)
+    with pytest.raises(RuntimeError, match="associative_scan"):
+        leaky_average_assoc(torch.randn(1, 1, 4, 2), torch.full((1, 1, 1), -0.1))
 
 
 def test_leaky_average_never_builds_a_T_by_T_tensor(monkeypatch):

@@ -18,6 +18,9 @@ Implementations with the same signature:
   decays in between: ceil(log2 T) passes over the sequence, no matmul. It is the default off the
   CPU: under ``torch.compile`` each pass is one fused, memory-bound kernel (on an H200 0.85 ms
   against the chunked form's 0.97, ``docs/benchmarks.md``, GPU round 3).
+* :func:`leaky_average_assoc` is exact: torch's associative scan over (log-decay, value) pairs,
+  which ``torch.compile`` lowers to one Triton scan kernel on CUDA (a GPU option, not the default:
+  not yet timed on one; ``--leaky assoc`` in ``benchmarks/bench_gpu_paper.py``).
 * :func:`leaky_average_native` runs the literal recurrence in one compiled C pass
   (:mod:`.leaky_kernel`): the CPU default where the kernel is built, in float32 and bfloat16.
 * :func:`leaky_average_matrix` multiplies by the full (T x T) decay matrix: no branch or reshape
@@ -147,6 +150,45 @@ def leaky_average_scan(x: Tensor, log_decay: Tensor, state: Tensor | None = None
     return y.to(x.dtype)
 
 
+def _compose(first: tuple[Tensor, Tensor], then: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Two stretches of the recurrence, each a (sum of log decays a, partial sum y) pair, as one:
+    the first's sum decays through the second's steps."""
+    (a1, y1), (a2, y2) = first, then
+    return a1 + a2, torch.exp(a2) * y1 + y2
+
+
+def associative_scan_available() -> bool:
+    """Whether this torch has ``torch._higher_order_ops.associative_scan`` (the "assoc" form)."""
+    try:
+        from torch._higher_order_ops.associative_scan import associative_scan  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def leaky_average_assoc(x: Tensor, log_decay: Tensor, state: Tensor | None = None) -> Tensor:
+    """Exact leaky average by torch's associative scan of :func:`_compose` along time; fp32
+    arithmetic for half-precision x. On CUDA or XPU the scan's "pointwise" mode, which
+    ``torch.compile`` lowers to one Triton scan kernel; elsewhere its "generic" mode (log2 T
+    passes of torch operations). The initial state enters as in :func:`leaky_average_scan`."""
+    if not associative_scan_available():
+        raise RuntimeError(
+            f"the 'assoc' leaky average needs torch._higher_order_ops.associative_scan (torch {torch.__version__})"
+        )
+    from torch._higher_order_ops.associative_scan import associative_scan
+
+    if x.shape[2] == 0:
+        return x
+    logd = _broadcast_decay(x, log_decay)[..., None]  # (B, H, T, 1), fp32 or fp64
+    y = x.to(logd.dtype) if x.dtype in (torch.float16, torch.bfloat16) else x
+    pointwise = y.device.type in ("cuda", "xpu")  # its scan kernel takes leaves of one shape
+    a = logd.expand_as(y) if pointwise else logd
+    _, y = associative_scan(_compose, (a, y), dim=2, combine_mode="pointwise" if pointwise else "generic")
+    if state is not None:
+        y = y + logd.cumsum(2).exp() * state[:, :, None].to(y.dtype)
+    return y.to(x.dtype)
+
+
 def leaky_average_matrix(x: Tensor, log_decay: Tensor, state: Tensor | None = None) -> Tensor:
     """Exact leaky average as one (T x T) matrix product, with no branch on T (for ``torch.export``).
 
@@ -166,7 +208,7 @@ def leaky_average_matrix(x: Tensor, log_decay: Tensor, state: Tensor | None = No
     return kbar
 
 
-METHODS = ("chunked", "scan", "native")
+METHODS = ("chunked", "scan", "native", "assoc")
 _chosen: str | None = None  # the method of the innermost :func:`use_method` block, if any
 
 
@@ -192,9 +234,9 @@ def leaky_average_native(x: Tensor, log_decay: Tensor, state: Tensor | None = No
 
 def _fast(x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None, reverse: bool = False) -> Tensor:
     """``method``: "chunked" (:func:`leaky_average_chunked`), "scan" (:func:`leaky_average_scan`),
-    "native" (:func:`leaky_average_native`), or None: the :func:`use_method` choice, else on the CPU
-    the native kernel where it is built and supports x (else chunked), the doubling scan on other
-    devices. ``reverse``: time runs backwards (kbar_t = lambda_t kbar_{t+1} + x_t)."""
+    "native" (:func:`leaky_average_native`), "assoc" (:func:`leaky_average_assoc`), or None: the
+    :func:`use_method` choice, else on the CPU the native kernel where it is built and supports x
+    (else chunked), the doubling scan on other devices. ``reverse``: time runs backwards (kbar_t = lambda_t kbar_{t+1} + x_t)."""
     method = _resolve(x, method)
     if method == "native":
         return leaky_average_native(x, log_decay, state, reverse)
@@ -202,6 +244,8 @@ def _fast(x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None
         return _fast(x.flip(2), log_decay.flip(-1), state, method).flip(2)
     if method == "chunked":
         return leaky_average_chunked(x, log_decay, state)
+    if method == "assoc":
+        return leaky_average_assoc(x, log_decay, state)
     return leaky_average_scan(x, log_decay, state)
 
 
