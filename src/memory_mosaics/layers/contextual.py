@@ -141,8 +141,8 @@ class ContextualMemory(nn.Module):
         """One new input x (B, 1, d_in): complete and store the previous pair, then answer.
 
         Updates ``state`` in place and returns the output (B, 1, d_out). On the CPU with a per-head
-        decay (or none), all but the projections is one call of :func:`..ops.memory_step.memory_step`;
-        otherwise the torch operations below (the same formulas)."""
+        decay (or none), all but the projections is :func:`..ops.memory_step.memory_step` (C
+        kernels); otherwise the torch operations below (the same formulas)."""
         t = state.t
         stop = t - self.min_lag + 1
         start = 0 if self.max_lag is None else max(0, t - self.max_lag)
@@ -162,7 +162,7 @@ class ContextualMemory(nn.Module):
         alpha_h (1 without normalisation)."""
 
         def compute() -> Tensor:
-            H = self.value.gamma.shape[0]
+            H = self.value.n_head
             n = self.visible_pairs(torch.tensor([t])) if self.bandwidth.depends_on_count else None
             alpha = self.value.alpha()
             return torch.stack(

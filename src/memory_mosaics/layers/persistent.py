@@ -87,7 +87,7 @@ class PersistentMemory(nn.Module):
     @torch.no_grad()
     def step(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """One input x (B, 1, d_in) continuing from ``key_state``. On the CPU with a per-head decay
-        (or none), all but the projections is one call of :func:`..ops.memory_step.memory_step`."""
+        (or none), all but the projections is :func:`..ops.memory_step.memory_step` (C kernels)."""
         if not (memory_step.supports(x) and isinstance(self.key, (LeakyAverageKey, LinearKey))):
             return self._forward(x, key_state)
         H = self.kappa.shape[1]

@@ -236,7 +236,8 @@ def _fast(x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None
     """``method``: "chunked" (:func:`leaky_average_chunked`), "scan" (:func:`leaky_average_scan`),
     "native" (:func:`leaky_average_native`), "assoc" (:func:`leaky_average_assoc`), or None: the
     :func:`use_method` choice, else on the CPU the native kernel where it is built and supports x
-    (else chunked), the doubling scan on other devices. ``reverse``: time runs backwards (kbar_t = lambda_t kbar_{t+1} + x_t)."""
+    (else chunked), the doubling scan on other devices. ``reverse``: time runs backwards
+    (kbar_t = lambda_t kbar_{t+1} + x_t)."""
     method = _resolve(x, method)
     if method == "native":
         return leaky_average_native(x, log_decay, state, reverse)
