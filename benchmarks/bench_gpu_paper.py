@@ -181,7 +181,8 @@ def main() -> None:
         results.append(r | {"leaky": args.leaky})
         print(
             f"{name} {r['step_ms']:8.1f} ms/step {r['tokens_per_s']:10.0f} tok/s "
-            f"{r['model_tflops']:6.1f} TFLOP/s  MFU {r['mfu']:.3f}  peak {r['peak_memory_gib']:.1f} GiB",
+            f"{r['model_tflops']:6.1f} TFLOP/s  MFU {r['mfu']:.3f}  peak {r['peak_memory_gib']:.1f} GiB  "
+            f"warm-up (compilation) {r['warmup_s']:.0f} s",
             flush=True,
         )
         with open(args.out, "w") as f:
