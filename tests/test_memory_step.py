@@ -28,8 +28,7 @@ def _inputs(B: int, bank: bool, dtype: torch.dtype, n: int = N) -> dict:
         beta=torch.rand(H) * 5 + 0.5,
         keys=g(1 if bank else B, H, n, D),
         values=g(1 if bank else B, H, n, D),
-        # slot, psi, pending key, pending v~, gamma, the values' alpha
-        store=None if bank else (n - 2, g(B, H, 1, D), g(B, H, 1, D), g(B, H, 1, D), torch.rand(H), torch.rand(H) + 1),
+        store=None if bank else ms.Store(n - 2, *g(3, B, H, 1, D), gamma=torch.rand(H), alpha=torch.rand(H) + 1),
         alpha=torch.rand(H) + 0.5,
     )
 
@@ -65,7 +64,7 @@ def test_kernel_without_the_optional_parts(without):
     torch.manual_seed(0)
     inputs = _inputs(2, False, torch.float64)
     if without == "value_alpha":
-        inputs["store"] = inputs["store"][:5] + (None,)
+        inputs["store"] = inputs["store"]._replace(alpha=None)
     else:
         inputs[without] = None
     with torch.no_grad():
@@ -105,6 +104,27 @@ def test_kernel_refuses_keys_without_contiguous_rows():
     inputs["keys"] = inputs["keys"].transpose(2, 3).contiguous().transpose(2, 3)
     with torch.no_grad(), pytest.raises(ValueError, match="rows of D contiguous values"):
         ms.memory_step(start=0, stop=N, **inputs)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["stop past the pairs", "negative start", "slot past the pairs", "values of another shape", "a bank to store in"],
+)
+def test_kernel_refuses_indices_outside_its_tensors(change):
+    """The C kernels index keys and values without checks of their own: the wrapper checks them."""
+    inputs, start, stop = _inputs(2, False, torch.float32), 0, N
+    if change == "stop past the pairs":
+        stop = N + 1
+    elif change == "negative start":
+        start = -1
+    elif change == "slot past the pairs":
+        inputs["store"] = inputs["store"]._replace(slot=N)
+    elif change == "values of another shape":
+        inputs["values"] = inputs["values"][:, :, :-1]
+    else:
+        inputs["keys"], inputs["values"] = inputs["keys"][:1], inputs["values"][:1]
+    with torch.no_grad(), pytest.raises(ValueError, match="memory_step"):
+        ms.memory_step(start=start, stop=stop, **inputs)
 
 
 def test_supports_only_what_the_kernel_does():

@@ -186,7 +186,8 @@ class ContextualMemory(nn.Module):
         v_tilde = self.value.project(x)
         slot = state.keys.claim()
         state.values.claim()
-        store = (slot, v_tilde, state.pending_key, state.pending_value, gamma, alpha if self.value.normalize else None)
+        value_alpha = alpha if self.value.normalize else None
+        store = memory_step.Store(slot, v_tilde, state.pending_key, state.pending_value, gamma, value_alpha)
         y, kbar, k = memory_step.memory_step(
             phi,
             state.key_state[:, :, None] if leaky else None,

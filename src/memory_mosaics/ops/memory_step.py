@@ -8,10 +8,10 @@ For one new input, with ``phi = W_phi x`` and (contextual memory) ``psi = v~ = W
                                                      the previous input's pair, completed by psi)
     y = alpha_h sum_{s in [start, stop)} softmax_s(q . keys[s]) values[s]
 
-Shapes: ``phi``, ``psi``, ``state``, ``pending_key``, ``pending_value`` (B, H, 1, D); ``keys``,
-``values`` (B or 1, H, N, D), the pairs read (a memory's stored pairs, or the persistent memory's
-bank); ``decay``, ``beta``, ``gamma``, ``value_alpha``, ``alpha`` (H,). Returns y (B, H, 1, D),
-kbar and k (B, H, 1, D).
+Shapes: ``phi``, ``state`` and the :class:`Store`'s ``v_tilde`` (psi), ``pending_key``,
+``pending_value`` (B, H, 1, D); ``keys``, ``values`` (B or 1, H, N, D), the pairs read (a memory's
+stored pairs, or the persistent memory's bank); ``decay``, ``beta``, ``alpha`` and the store's
+``gamma``, ``alpha`` (H,). Returns y (B, H, 1, D), kbar and k (B, H, 1, D).
 
 * :func:`memory_step_reference` is the formula in the torch operations the layers use for a whole
   sequence (:func:`.unit_rows.unit_keys_reference`, :func:`.peek.peek_mix`, :func:`.retrieval.memory_readout`).
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -54,6 +55,19 @@ def _configure(lib: ctypes.CDLL) -> None:
 _library, available = native.kernel(SOURCE, _configure)
 
 
+class Store(NamedTuple):
+    """The contextual memory's pair to complete and store before its read: ``keys[slot] =
+    pending_key``, ``values[slot] = peek(pending_value, v_tilde)`` with ``gamma`` and the values'
+    ``alpha`` (None: not normalised); ``v_tilde`` (B, H, 1, D) is this input's W_psi x."""
+
+    slot: int
+    v_tilde: Tensor
+    pending_key: Tensor
+    pending_value: Tensor
+    gamma: Tensor
+    alpha: Tensor | None
+
+
 def supports(x: Tensor) -> bool:
     """Whether :func:`memory_step` may take a step on input x: CPU float32 or float64, no autograd
     graph recorded, not traced by ``torch.compile`` or ``torch.export``, kernel built."""
@@ -78,10 +92,10 @@ def memory_step_reference(
     *,
     alpha: Tensor | None = None,
     normalize: bool = True,
-    store: tuple[int, Tensor, Tensor, Tensor, Tensor, Tensor | None] | None = None,
+    store: Store | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(y, kbar, k) by the torch formulas (module docstring). ``store``: ``(slot, psi, pending_key,
-    pending_value, gamma, value_alpha)``, written into ``keys`` and ``values`` before the read."""
+    """(y, kbar, k) by the torch formulas (module docstring), with ``store``'s pair written into
+    ``keys`` and ``values`` before the read."""
     heads = lambda p: p.view(1, -1, 1, 1).to(phi.dtype)  # noqa: E731
     kbar = phi if state is None else phi + heads(decay) * state
     if normalize:
@@ -89,9 +103,10 @@ def memory_step_reference(
     else:
         k, q = kbar, kbar * heads(beta)
     if store is not None:
-        slot, psi, pending_key, pending_value, gamma, value_alpha = store
-        keys[:, :, slot : slot + 1] = pending_key
-        values[:, :, slot : slot + 1] = peek_mix(pending_value, psi, gamma, value_alpha)
+        keys[:, :, store.slot : store.slot + 1] = store.pending_key
+        values[:, :, store.slot : store.slot + 1] = peek_mix(
+            store.pending_value, store.v_tilde, store.gamma, store.alpha
+        )
     y = memory_readout(q, keys[:, :, start:stop], values[:, :, start:stop])
     return (y if alpha is None else y * heads(alpha)), kbar, k
 
@@ -117,7 +132,7 @@ def memory_step(
     *,
     alpha: Tensor | None = None,
     normalize: bool = True,
-    store: tuple[int, Tensor, Tensor, Tensor, Tensor, Tensor | None] | None = None,
+    store: Store | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`memory_step_reference` by the kernels, where :func:`supports` ``phi``. ``keys`` and
     ``values`` (a :class:`..common.GrowingBuffer`'s storage, or a bank) have rows of D contiguous
@@ -126,9 +141,17 @@ def memory_step(
     over all its queries) and, when torch has several threads, for reads of at least
     ``PARALLEL_READ`` elements (split among them)."""
     B, H, _, D = phi.shape
-    slot, psi, pending_key, pending_value, gamma, value_alpha = (0,) + (None,) * 5 if store is None else store
+    slot, psi, pending_key, pending_value, gamma, value_alpha = Store(0, *(None,) * 5) if store is None else store
     if keys.stride(3) != 1 or keys.stride(2) != D or values.stride() != keys.stride():
         raise ValueError("memory_step needs keys and values with rows of D contiguous values and equal strides")
+    stop = max(start, stop)
+    N = keys.shape[2]  # the kernels index keys and values: every index is checked here
+    if keys.shape != values.shape or keys.shape[0] not in (1, B) or keys.shape[1] != H or keys.shape[3] != D:
+        raise ValueError(
+            f"memory_step: keys {tuple(keys.shape)} and values {tuple(values.shape)} for phi {(B, H, 1, D)}"
+        )
+    if not 0 <= start <= stop <= N or (store is not None and not (0 <= slot < N and keys.shape[0] == B)):
+        raise ValueError(f"memory_step: read [{start}, {stop}) or stored pair {slot} outside {N} pairs")
     kbar, k, q = phi.new_empty(3, B, H, 1, D)
     rows = [_rows(t, phi.dtype) for t in (phi, psi, state, pending_key, pending_value)]
     per_head = [_rows(p, phi.dtype) for p in (decay, beta, gamma, value_alpha)]
@@ -144,7 +167,6 @@ def memory_step(
         H,
         D,
     )
-    stop = max(start, stop)
     shared = keys.shape[0] == 1 and B > 1  # a bank read by the batch: SDPA reads it once for all B queries
     if shared or (torch.get_num_threads() > 1 and B * H * (stop - start) * D >= PARALLEL_READ):
         y = memory_readout(q, keys[:, :, start:stop], values[:, :, start:stop])
