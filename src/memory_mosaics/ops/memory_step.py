@@ -147,10 +147,11 @@ def memory_step(
     stop = max(start, stop)
     N = keys.shape[2]  # the kernels index keys and values: every index is checked here
     if keys.shape != values.shape or keys.shape[0] not in (1, B) or keys.shape[1] != H or keys.shape[3] != D:
-        raise ValueError(
-            f"memory_step: keys {tuple(keys.shape)} and values {tuple(values.shape)} for phi {(B, H, 1, D)}"
-        )
-    if not 0 <= start <= stop <= N or (store is not None and not (0 <= slot < N and keys.shape[0] == B)):
+        shapes = f"keys {tuple(keys.shape)} and values {tuple(values.shape)}"
+        raise ValueError(f"memory_step: {shapes} do not fit phi {(B, H, 1, D)}")
+    if store is not None and keys.shape[0] != B:
+        raise ValueError("memory_step stores pairs into keys and values of the batch's size, not into a bank")
+    if not 0 <= start <= stop <= N or (store is not None and not 0 <= slot < N):
         raise ValueError(f"memory_step: read [{start}, {stop}) or stored pair {slot} outside {N} pairs")
     kbar, k, q = phi.new_empty(3, B, H, 1, D)
     rows = [_rows(t, phi.dtype) for t in (phi, psi, state, pending_key, pending_value)]
