@@ -188,6 +188,24 @@ def test_kernel_and_torch_steps_continue_each_other(monkeypatch):
             torch.testing.assert_close(model.step(idx[:, t : t + 1], state), full[:, t], rtol=1e-4, atol=1e-5)
 
 
+def test_persistent_step_in_training_mode_keeps_its_retrieval_dropout(monkeypatch):
+    """A P-mem stepped in training mode reads with its retrieval dropout, as its forward does: the
+    torch path, whose dropped weights make two steps from one state differ."""
+    torch.manual_seed(0)
+    model = MosaicLM(MosaicConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, pmem_attn_dropout=0.5, dropout=0.0))
+    pmem = model.blocks[0].pmem.train()
+    calls = []
+    kernel = ms.memory_step
+    monkeypatch.setattr(ms, "memory_step", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    x = torch.randn(2, 1, 16)
+    with torch.no_grad():
+        first, second = pmem.step(x, None)[0], pmem.step(x, None)[0]
+        assert not calls and not torch.equal(first, second)
+        pmem.eval()
+        torch.testing.assert_close(pmem.step(x, None)[0], pmem(x))
+    assert len(calls) == 1
+
+
 def test_gated_keys_keep_the_torch_step(monkeypatch):
     """v2's gated key has an input-dependent decay: its memories step with the torch operations."""
     torch.manual_seed(0)

@@ -88,7 +88,8 @@ class PersistentMemory(nn.Module):
     def step(self, x: Tensor, key_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """One input x (B, 1, d_in) continuing from ``key_state``. On the CPU with a per-head decay
         (or none), all but the projections is :func:`..ops.memory_step.memory_step` (C kernels)."""
-        if not (memory_step.supports(x) and isinstance(self.key, (LeakyAverageKey, LinearKey))):
+        kernel = memory_step.supports(x) and isinstance(self.key, (LeakyAverageKey, LinearKey))
+        if self.training or not kernel:  # in training mode: with the retrieval dropout of training
             return self._forward(x, key_state)
         H = self.kappa.shape[1]
         decay, beta, alpha = frozen(
