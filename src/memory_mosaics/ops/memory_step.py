@@ -111,13 +111,16 @@ def memory_step_reference(
     return (y if alpha is None else y * heads(alpha)), kbar, k
 
 
-def _ptr(t: Tensor | None) -> ctypes.c_void_p | None:
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+def _ptr(t: Tensor | None) -> int | None:
+    """The address of t's data (ctypes passes an int as the c_void_p argument), NULL for None."""
+    return None if t is None else t.data_ptr()
 
 
 def _rows(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     """t laid out row after row in ``dtype`` (a copy only if it is not already)."""
-    return None if t is None else t.to(dtype).contiguous()
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
+    return t.to(dtype).contiguous()
 
 
 def memory_step(
