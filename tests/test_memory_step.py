@@ -76,8 +76,9 @@ def test_kernel_without_the_optional_parts(without):
     "threads,B,bank,sdpa",
     [
         (1, 4, False, False),  # one thread: the kernel's loop
-        (2, 4, False, True),  # several threads, a large read: SDPA on torch's threads
-        (2, 1, False, False),  # several threads, a small read: the kernel's loop
+        (2, 4, False, False),  # up to KERNEL_READ_THREADS threads: the kernel's loop at every size
+        (3, 4, False, True),  # more threads, a large read: SDPA on torch's threads
+        (3, 1, False, False),  # more threads, a small read: the kernel's loop
         (1, 4, True, True),  # a bank shared by the batch: SDPA reads it once for all queries
         (1, 1, True, False),  # a bank read by one query: the kernel's loop
     ],

@@ -39,9 +39,12 @@ from .unit_rows import unit_keys_reference
 
 SOURCE = Path(__file__).with_name("csrc") / "memory_step.c"
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-# With several threads, reads of at least this many key and value elements go to SDPA, which splits
-# them among torch's threads (the kernel's loop runs on one): 2 batch elements of the benchmark's
-# 1024 pairs x 4 heads x 64 (docs/benchmarks.md, round 5).
+# The kernel's read runs on one thread. With up to KERNEL_READ_THREADS torch threads it is the read
+# at every size: on 2 threads it measured faster than SDPA in whole decoding steps up to 12.6M
+# elements (batch 8 of the paper's size with 2048 pairs; docs/benchmarks.md, round 5). With more
+# threads, reads of PARALLEL_READ elements or more go to SDPA, which splits them among the threads
+# (that it is then faster is a hypothesis: not measured on this project's 2-core machine).
+KERNEL_READ_THREADS = 2
 PARALLEL_READ = 1 << 19
 
 
@@ -141,8 +144,8 @@ def memory_step(
     ``values`` (a :class:`..common.GrowingBuffer`'s storage, or a bank) have rows of D contiguous
     values and equal strides, and hold ``slot`` when storing. The read is the kernel's, on one
     thread, or :func:`.retrieval.memory_readout` (SDPA) for pairs shared by a batch (one product
-    over all its queries) and, when torch has several threads, for reads of at least
-    ``PARALLEL_READ`` elements (split among them)."""
+    over all its queries) and, when torch has more than ``KERNEL_READ_THREADS`` threads, for reads
+    of at least ``PARALLEL_READ`` elements (split among them)."""
     B, H, _, D = phi.shape
     slot, psi, pending_key, pending_value, gamma, value_alpha = Store(0, *(None,) * 5) if store is None else store
     if keys.stride(3) != 1 or keys.stride(2) != D or values.stride() != keys.stride():
@@ -172,7 +175,8 @@ def memory_step(
         D,
     )
     shared = keys.shape[0] == 1 and B > 1  # a bank read by the batch: SDPA reads it once for all B queries
-    if shared or (torch.get_num_threads() > 1 and B * H * (stop - start) * D >= PARALLEL_READ):
+    many = torch.get_num_threads() > KERNEL_READ_THREADS
+    if shared or (many and B * H * (stop - start) * D >= PARALLEL_READ):
         y = memory_readout(q, keys[:, :, start:stop], values[:, :, start:stop])
         return (y if alpha is None else y * alpha.view(1, -1, 1, 1).to(y.dtype)), kbar, k
     y, alpha = torch.empty_like(q), _rows(alpha, phi.dtype)  # held here: the kernel reads their memory
