@@ -50,7 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-echo", action="store_true", help="print the continuation only, not the prompt")
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the decoding step (pays off on long generations)"
+        "--compile",
+        action="store_true",
+        help="torch.compile the decoding step (pays off on long generations; not for a Mosaic on the CPU, "
+        "whose eager step runs its C kernels and is faster)",
     )
     parser.add_argument(
         "--max-prompt-tokens",

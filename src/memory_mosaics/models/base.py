@@ -239,7 +239,9 @@ class LanguageModel(nn.Module, abc.ABC):
         at ``eos_token`` may never use, grows the caches as it goes).
         ``compile``: run each decoding step through ``torch.compile`` (dynamic shapes: one
         compilation serves every cache length; worth its compilation time on long generations,
-        ``docs/benchmarks.md``).
+        ``docs/benchmarks.md``). Not for a Memory Mosaic on the CPU in fp32 or fp64: its eager step
+        runs the memory-step kernels (:mod:`..ops.memory_step`), which a compiled step does not,
+        and measured faster (round 5).
         """
         self.check_tokens(idx)
         if max_new_tokens < 0:
