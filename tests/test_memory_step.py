@@ -175,14 +175,20 @@ def test_decoding_with_the_kernel_equals_the_full_forward_and_the_torch_step(var
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
+def _tiny_model_and_logits(n_layer: int, T: int):
+    """A tiny Mosaic in eval mode, tokens (2, T) and the full forward's logits on them."""
+    torch.manual_seed(0)
+    model = MosaicLM(MosaicConfig(vocab_size=50, n_layer=n_layer, n_head=2, n_embd=16, dropout=0.0)).eval()
+    idx = torch.randint(0, 50, (2, T))
+    with torch.no_grad():
+        return model, idx, model(idx)
+
+
 def test_kernel_steps_past_the_cache_capacity_grow_it():
     """Decoding without a reserved length outgrows the caches' first capacity (64 pairs): the
     kernel writes into the grown storage and keeps every earlier pair."""
-    torch.manual_seed(0)
-    model = MosaicLM(MosaicConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, dropout=0.0)).eval()
-    idx = torch.randint(0, 50, (2, 80))
+    model, idx, full = _tiny_model_and_logits(n_layer=1, T=80)
     with torch.no_grad():
-        full = model(idx)
         logits, state = model.prefill(idx[:, :3])
         capacity = state[0].cmem.keys.capacity
         steps = [model.step(idx[:, t : t + 1], state) for t in range(3, 80)]
@@ -193,11 +199,8 @@ def test_kernel_steps_past_the_cache_capacity_grow_it():
 def test_kernel_and_torch_steps_continue_each_other(monkeypatch):
     """The two paths keep the same decoding state: steps alternating between them (as when a
     compiled step, which takes the torch path, follows eager ones) give the full forward's logits."""
-    torch.manual_seed(0)
-    model = MosaicLM(MosaicConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=16, dropout=0.0)).eval()
-    idx = torch.randint(0, 50, (2, 12))
+    model, idx, full = _tiny_model_and_logits(n_layer=2, T=12)
     with torch.no_grad():
-        full = model(idx)
         _, state = model.prefill(idx[:, :5])
         for t in range(5, 12):
             monkeypatch.setattr(ms, "available", lambda on=t % 2 == 0: on)
