@@ -181,7 +181,7 @@ class ContextualMemory(nn.Module):
     def _kernel_step(self, x: Tensor, state: ContextualState, start: int, stop: int) -> Tensor:
         H = self.value.n_head
         decay, beta, gamma, alpha = self._step_scalars(state.t)
-        leaky = isinstance(self.key, LeakyAverageKey) and state.key_state is not None
+        leaky = isinstance(self.key, LeakyAverageKey)  # else LinearKey: no state
         phi = split_heads(self.key.proj(x), H)
         v_tilde = self.value.project(x)
         slot = state.keys.claim()
@@ -190,7 +190,7 @@ class ContextualMemory(nn.Module):
         store = memory_step.Store(slot, v_tilde, state.pending_key, state.pending_value, gamma, value_alpha)
         y, kbar, k = memory_step.memory_step(
             phi,
-            state.key_state[:, :, None] if leaky else None,
+            state.key_state[:, :, None] if leaky and state.key_state is not None else None,
             decay,
             beta,
             state.keys.storage,
@@ -200,7 +200,7 @@ class ContextualMemory(nn.Module):
             normalize=self.normalize_keys,
             store=store,
         )
-        state.key_state = kbar[:, :, 0] if isinstance(self.key, LeakyAverageKey) else None
+        state.key_state = kbar[:, :, 0] if leaky else None
         state.pending_key, state.pending_value = k, v_tilde
         state.t += 1
         return self._output(y)

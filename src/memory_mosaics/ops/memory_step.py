@@ -110,8 +110,13 @@ def memory_step_reference(
         values[:, :, store.slot : store.slot + 1] = peek_mix(
             store.pending_value, store.v_tilde, store.gamma, store.alpha
         )
-    y = memory_readout(q, keys[:, :, start:stop], values[:, :, start:stop])
-    return (y if alpha is None else y * heads(alpha)), kbar, k
+    return _sdpa_read(q, keys[:, :, start:stop], values[:, :, start:stop], alpha), kbar, k
+
+
+def _sdpa_read(q: Tensor, keys: Tensor, values: Tensor, alpha: Tensor | None) -> Tensor:
+    """alpha_h times the read of all the pairs given, by :func:`.retrieval.memory_readout` (SDPA)."""
+    y = memory_readout(q, keys, values)
+    return y if alpha is None else y * alpha.view(1, -1, 1, 1).to(y.dtype)
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -177,8 +182,7 @@ def memory_step(
     shared = keys.shape[0] == 1 and B > 1  # a bank read by the batch: SDPA reads it once for all B queries
     many = torch.get_num_threads() > KERNEL_READ_THREADS
     if shared or (many and B * H * (stop - start) * D >= PARALLEL_READ):
-        y = memory_readout(q, keys[:, :, start:stop], values[:, :, start:stop])
-        return (y if alpha is None else y * alpha.view(1, -1, 1, 1).to(y.dtype)), kbar, k
+        return _sdpa_read(q, keys[:, :, start:stop], values[:, :, start:stop], alpha), kbar, k
     y, alpha = torch.empty_like(q), _rows(alpha, phi.dtype)  # held here: the kernel reads their memory
     getattr(lib, f"memory_read_{suffix}")(
         *(_ptr(t) for t in (q, keys, values, alpha, y)),

@@ -14,14 +14,13 @@
    Layouts (element offsets, D contiguous): a row r = b H + h of phi, psi, state, pend_k, pend_v,
    kbar, k, q and y starts at r D; pair s of row (b, h) at b sb + h sh + s D in keys and values (sb = 0:
    pairs shared by the batch, the persistent memory's bank). Per-head scalars are arrays of H.
-   One thread (ops/memory_step.py hands large reads to SDPA when torch has several).
+   One thread (ops/memory_step.py hands large reads to SDPA when torch has more than two).
 
    Why: written with torch operations, the step is some 20 operators on (B, H, 1, D) tensors, whose
-   dispatch costs more than their arithmetic at batch 1; and in a model's decoding step on one
-   thread, this loop read faster than SDPA (an A/B of the whole step: docs/benchmarks.md, round 5). Float32 (_f32) and float64 (_f64); dot
-   products in double (lanes.h), except the float32 read's (float, twice the SIMD lanes: its
-   arithmetic, not memory, bounds it when its pairs are in cache); sums and exponentials in the
-   storage type. */
+   dispatch costs more than their arithmetic at batch 1; and in whole decoding steps this loop read
+   faster than SDPA (A/B runs: docs/benchmarks.md, round 5). Float32 (_f32) and float64 (_f64); dot
+   products in double (lanes.h), except the float32 read's (float, twice the SIMD lanes: with its
+   pairs in cache the read measured 2.2x faster); sums and exponentials in the storage type. */
 
 #include <math.h>
 #include <stddef.h>
