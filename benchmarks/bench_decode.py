@@ -13,7 +13,7 @@ import argparse
 import time
 
 import torch
-from common import best_time, gpt, header, mosaic
+from common import best_time, gpt, header, mosaic, positive_int
 
 
 @torch.no_grad()
@@ -51,10 +51,10 @@ def alternated(runs: dict, repeats: int) -> dict:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--prompt", type=int, default=768)
-    p.add_argument("--new", type=int, default=256)
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--prompt", type=positive_int, default=768)
+    p.add_argument("--new", type=positive_int, default=256)
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8])
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--compile", action="store_true", help="also time compiled decoding steps")
     args = p.parse_args()
     header(f"decoding {args.new} tokens after a {args.prompt}-token prompt, n_layer 4, d 256")

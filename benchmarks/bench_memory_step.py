@@ -13,7 +13,7 @@ import argparse
 from unittest import mock
 
 import torch
-from common import best_time, header, mosaic
+from common import best_time, header, mosaic, positive_int
 
 from memory_mosaics.ops import memory_step
 
@@ -21,9 +21,9 @@ from memory_mosaics.ops import memory_step
 @torch.no_grad()
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--pairs", type=int, default=1024)
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--pairs", type=positive_int, default=1024)
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8])
+    p.add_argument("--repeats", type=positive_int, default=30)
     args = p.parse_args()
     if not memory_step.available():
         raise SystemExit("the memory-step kernel is not built (no C compiler?)")

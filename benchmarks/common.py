@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -18,6 +19,17 @@ def mosaic(**kw) -> MosaicLM:
 
 def gpt(block_size: int, **kw) -> GPTLM:
     return GPTLM(GPTConfig(**{**SIZE, "block_size": block_size, "dropout": 0.0, **kw}))
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (else argparse's one-line error and exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def best_time(fn, repeats: int = 5, warmup: int = 1) -> float:
