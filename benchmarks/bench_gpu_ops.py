@@ -13,10 +13,13 @@ per batch (micro-batch = tokens / context), it times forward + backward under bf
 * the P-mem's readout alone (``memory_readout``: SDPA over the bank expanded to the batch) against
   the same readout with the batch folded into the query axis (one SDPA over B T queries, no
   expanded bank and no (B, H, N, Dh) gradient to sum), with and without retrieval dropout;
-* the leaky average (forward + backward of :class:`LeakyAverage`), chunked and by doubling scan,
-  eager and compiled.
+* the leaky average (forward + backward of :class:`LeakyAverage`) in each of its GPU forms (chunked,
+  doubling scan, torch's associative scan, the Triton kernel; the native kernel on the CPU), eager
+  and compiled, on (B, H, T, Dh) in bfloat16 (float32 on the CPU), the activations' dtype in the
+  model.
 
-``--parts blocks`` times the whole blocks only; ``--profile`` prints the kernels of each compiled
+``--parts blocks`` times the whole blocks only, ``--parts leaky`` the leaky average only;
+``--profile`` prints the kernels of each compiled
 block (``torch.profiler``, two runs).
 
 Timing: CUDA events, median of ``--repeats`` runs after 3 warm-up runs. Every row is also written
@@ -36,7 +39,7 @@ import torch.nn.functional as F
 from memory_mosaics import GPTConfig, MosaicConfig
 from memory_mosaics.models.gpt import GPTBlock
 from memory_mosaics.models.mosaic import MosaicBlock
-from memory_mosaics.ops.leaky_average import LeakyAverage
+from memory_mosaics.ops.leaky_average import METHODS, LeakyAverage
 from memory_mosaics.ops.retrieval import memory_readout
 
 
@@ -103,8 +106,14 @@ def main() -> None:
     p.add_argument("--n-head", type=int, default=12)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--parts", choices=["all", "blocks"], default="all", help="blocks: whole blocks only")
+    p.add_argument(
+        "--parts",
+        choices=["all", "blocks", "leaky"],
+        default="all",
+        help="blocks: whole blocks only; leaky: the leaky average only",
+    )
     p.add_argument("--profile", action="store_true", help="print the kernels of each compiled block")
+    p.add_argument("--methods", nargs="+", choices=METHODS, help="the leaky-average forms to time (default: all)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="gpu_ops.json")
     args = p.parse_args()
@@ -132,7 +141,7 @@ def main() -> None:
     for T in args.contexts:
         B = max(1, args.tokens // T)
         x = torch.randn(B, T, d, device=dev, requires_grad=True)
-        for dropout in (0.05, 0.0):
+        for dropout in (0.05, 0.0) if args.parts != "leaky" else ():
             base = dict(vocab_size=64, n_layer=12, n_head=H, n_embd=d, dropout=dropout)
             torch.manual_seed(0)
             mosaic = MosaicBlock(MosaicConfig(**base, attn_dropout=0.0, pmem_attn_dropout=dropout)).to(dev).train()
@@ -158,7 +167,7 @@ def main() -> None:
         q = torch.randn(B, H, T, Dh, device=dev, requires_grad=True)
         kappa = torch.randn(1, H, N, Dh, device=dev, requires_grad=True)
         u = torch.randn(1, H, N, Dh, device=dev, requires_grad=True)
-        for dropout in (0.05, 0.0):
+        for dropout in (0.05, 0.0) if args.parts != "leaky" else ():
             record(
                 T,
                 f"P-mem readout, expanded bank, dropout {dropout}",
@@ -170,10 +179,12 @@ def main() -> None:
                 fwd_bwd(lambda q: folded_readout(q, kappa, u, dropout), q, dev),
             )
         log_decay = torch.linspace(-0.5, -5.0, H, device=dev).view(1, H, 1)
-        for method in ("chunked", "scan") + (("native",) if dev == "cpu" else ()):
+        xs = q.detach().to(torch.bfloat16 if dev == "cuda" else torch.float32).requires_grad_()
+        methods = args.methods or ("chunked", "scan") + (("native",) if dev == "cpu" else ("assoc", "triton"))
+        for method in methods:
             leaky = lambda x, method=method: LeakyAverage.apply(x, log_decay, None, method)  # noqa: E731
-            record(T, f"leaky average, {method}", fwd_bwd(leaky, q, dev))
-            record(T, f"leaky average, {method}, compiled", fwd_bwd(torch.compile(leaky), q, dev))
+            record(T, f"leaky average, {method}", fwd_bwd(leaky, xs, dev))
+            record(T, f"leaky average, {method}, compiled", fwd_bwd(torch.compile(leaky), xs, dev))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_gpu_paper.py [--depths 1 12] [--contexts 512] [--tokens 16384] [--steps 10]
                                          [--modes eager compile] [--dropout authors|off]
-                                         [--leaky auto|chunked|scan|assoc] [--profile DIR] [--budget-s 150]
+                                         [--leaky auto|chunked|scan|assoc|triton] [--models mosaic gpt]
+                                         [--profile DIR] [--budget-s 150]
                                          [--out FILE.json]
 
 For each context, depth, mode (eager, ``torch.compile``) and model (Mosaic, GPT-2) of the paper's
@@ -12,7 +13,8 @@ default is the paper preset's 32 sequences of 512) of random tokens, and prints 
 memory and MFU. ``--dropout authors``: the Mosaic with the authors' dropouts (residual 0.05, P-mem
 retrieval 0.05), GPT-2 with 0.05; ``off``: none. ``--leaky``: the Mosaic's leaky-average form
 (``ops.leaky_average.use_method``; ``auto``, the default, is the doubling scan on a GPU; ``assoc``,
-torch's associative scan, one Triton scan kernel under ``torch.compile``).
+torch's associative scan, one Triton scan kernel under ``torch.compile``; ``triton``, our Triton
+kernel, ``ops.leaky_triton``). ``--models``: which of the two to run (both by default).
 ``--profile DIR`` profiles two more steps of each configuration with ``torch.profiler`` and writes the
 kernels that took the most GPU time to ``DIR/<model>-<depth>-<mode>-T<context>.txt``. Model FLOPs
 per token (nanoGPT's convention): 6 N + 12 L d T, N the
@@ -35,7 +37,7 @@ import time
 import torch
 
 from memory_mosaics import GPTLM, GPTConfig, MosaicConfig, MosaicLM
-from memory_mosaics.ops.leaky_average import use_method
+from memory_mosaics.ops.leaky_average import METHODS, use_method
 
 PAPER = dict(vocab_size=50304, n_head=12, n_embd=768)
 
@@ -146,9 +148,8 @@ def main() -> None:
     p.add_argument("--contexts", type=int, nargs="+", default=[512])
     p.add_argument("--tokens", type=int, default=16384, help="tokens per step: micro-batch = tokens / context")
     p.add_argument("--dropout", choices=["authors", "off"], default="authors")
-    p.add_argument(
-        "--leaky", choices=["auto", "chunked", "scan", "assoc"], default="auto", help="the Mosaic's leaky-average form"
-    )
+    p.add_argument("--leaky", choices=["auto", *METHODS], default="auto", help="the Mosaic's leaky-average form")
+    p.add_argument("--models", nargs="+", choices=["mosaic", "gpt"], default=["mosaic", "gpt"])
     p.add_argument("--profile", metavar="DIR", help="profile each configuration; kernel tables to DIR")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, default=989.0)
@@ -160,9 +161,7 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     dropout = 0.05 if args.dropout == "authors" else 0.0
     start, results = time.time(), []
-    configurations = [
-        (c, m, d, k) for c in args.contexts for m in args.modes for d in args.depths for k in ("mosaic", "gpt")
-    ]
+    configurations = [(c, m, d, k) for c in args.contexts for m in args.modes for d in args.depths for k in args.models]
     for context, mode, depth, kind in configurations:
         name = f"T {context:5d} {mode:8s} depth {depth:2d} {kind:6s}"
         if time.time() - start > args.budget_s:

@@ -3,6 +3,11 @@ import os
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Triton's interpreter runs the GPU kernels on CPU tensors (tests/test_leaky_triton.py); Triton reads
+    # this when it is first imported, so it is set before any test module can import it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")

@@ -4,6 +4,7 @@ trust_remote_code folder (loaded in a subprocess where memory_mosaics cannot be 
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -219,6 +220,10 @@ def test_bundle_has_no_package_imports_and_stubs_the_kernel():
             line for line in text.splitlines() if line.lstrip().startswith(("from ", "import "))
         ), name
     assert "ctypes" not in files["mm_ops_small_head.py"]
+    assert "mm_ops_leaky_triton_kernel.py" not in files  # the Triton kernel is stubbed: no Triton needed
+    assert not any(
+        re.match(r"\s*(import|from)\s+triton\b", line) for text in files.values() for line in text.splitlines()
+    )
 
 
 def test_trust_remote_code_folder_loads_without_the_package(saved, tmp_path):

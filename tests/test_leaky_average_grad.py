@@ -6,11 +6,16 @@ import importlib
 import pytest
 import torch
 
-from memory_mosaics.ops import leaky_kernel
+from memory_mosaics.ops import leaky_kernel, leaky_triton
 from memory_mosaics.ops.leaky_average import METHODS, LeakyAverage, leaky_average, leaky_average_reference
 
 NO_KERNEL = pytest.mark.skipif(not leaky_kernel.available(), reason="leaky-average kernel not built (no C compiler)")
-EVERY_METHOD = [pytest.param(m, marks=NO_KERNEL) if m == "native" else m for m in METHODS]
+NO_TRITON = pytest.mark.skipif(
+    not leaky_triton.supports(torch.zeros(1)), reason="Triton not installed (or TRITON_INTERPRET unset without a GPU)"
+)
+MARKS = {"native": NO_KERNEL, "triton": NO_TRITON}
+EVERY_METHOD = [pytest.param(m, marks=MARKS[m]) if m in MARKS else m for m in METHODS]
+NOT_TRITON = [p for p, m in zip(EVERY_METHOD, METHODS) if m != "triton"]
 
 
 def grads(fn, inputs, g):
@@ -35,7 +40,7 @@ def test_backward_equals_autograd_of_the_recurrence(method, T, per_time, with_st
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("method", EVERY_METHOD)
+@pytest.mark.parametrize("method", NOT_TRITON)  # Triton: tests/test_leaky_triton.py (gradcheck is slow interpreted)
 def test_gradcheck_with_extreme_decays(method):
     x = torch.randn(1, 2, 9, 3, dtype=torch.float64, requires_grad=True)
     log_decay = torch.tensor([[[-40.0], [-1e-6]]], dtype=torch.float64, requires_grad=True)  # lambda ~ 0 and ~ 1
@@ -66,8 +71,9 @@ def test_use_method_picks_the_form_of_a_whole_layer(chosen, monkeypatch):
     for name in METHODS:
         original = getattr(module, f"leaky_average_{name}")
         monkeypatch.setattr(module, f"leaky_average_{name}", lambda *a, n=name, f=original: calls.append(n) or f(*a))
-    grad = leaky_kernel.leaky_scan_grad  # the native backward's reversed average
-    monkeypatch.setattr(leaky_kernel, "leaky_scan_grad", lambda *a, f=grad: calls.append("native") or f(*a))
+    for name, kernel in (("native", leaky_kernel), ("triton", leaky_triton)):  # the kernels' reversed averages
+        grad = kernel.leaky_scan_grad
+        monkeypatch.setattr(kernel, "leaky_scan_grad", lambda *a, n=name, f=grad: calls.append(n) or f(*a))
     layer = LeakyAverageKey(torch.nn.Linear(16, 16), 2)
     x = torch.randn(2, 9, 16, requires_grad=True)
     with module.use_method(chosen):

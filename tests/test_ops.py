@@ -262,3 +262,23 @@ def test_retrieval_dropout_is_unbiased_and_random(path, request, monkeypatch):
         draws = torch.stack([read() for _ in range(4000)])
         assert (draws[0] - clean).abs().max() > 1e-3
         torch.testing.assert_close(draws.mean(0), clean, atol=0.06, rtol=0)
+
+
+def test_without_triton_the_package_imports_quietly_and_keeps_the_torch_forms():
+    """Triton is optional: where it cannot be imported, the Triton leaky average says it supports
+    nothing, registers no op (whose registration would print a warning) and the default stays."""
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch\n"
+        "from memory_mosaics.ops import leaky_triton\n"
+        "from memory_mosaics.ops.leaky_average import _resolve\n"
+        "x = torch.zeros(1, 1, 3, 2)\n"
+        "assert not leaky_triton.available() and not leaky_triton.supports(x)\n"
+        "assert _resolve(torch.zeros(1, 1, 3, 2, device='meta'), None) == 'scan'\n"
+        "assert not hasattr(torch.ops.memory_mosaics, 'leaky_scan_triton')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Triton not available" not in run.stderr, run.stderr[-2000:]

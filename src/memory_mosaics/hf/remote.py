@@ -14,6 +14,8 @@ is never used, so retrieval takes the ``scaled_dot_product_attention`` path (the
 the kernel is a CPU speed-up only), and a copy loaded beside the installed package registers nothing twice.
 The other C kernels (leaky average, unit rows, dropout masks) find no C file in the folder and
 quietly leave their work to the torch code they stand beside (``ops.native.load``).
+The Triton leaky average (``ops.leaky_triton``) is replaced the same way: the copy then needs no
+Triton (transformers refuses remote code whose imports are not installed) and registers no op twice.
 """
 
 from __future__ import annotations
@@ -42,7 +44,25 @@ def supports(q, k, v) -> bool:
 def small_head_retrieval(q, k, v, min_lag=1, max_lag=None):
     raise RuntimeError("the compiled small-head kernel is not part of a trust_remote_code copy")
 '''
-REPLACED = {f"{PACKAGE}.ops.small_head": SMALL_HEAD_STAND_IN}
+LEAKY_TRITON_STAND_IN = '''"""Stand-in for the Triton leaky average in a trust_remote_code copy: never used, so
+the leaky average takes its torch forms (the same function)."""
+
+
+def available() -> bool:
+    return False
+
+
+def supports(x) -> bool:
+    return False
+
+
+def leaky_scan(*args, **kwargs):
+    raise RuntimeError("the Triton leaky average is not part of a trust_remote_code copy")
+
+
+leaky_scan_grad = leaky_scan
+'''
+REPLACED = {f"{PACKAGE}.ops.small_head": SMALL_HEAD_STAND_IN, f"{PACKAGE}.ops.leaky_triton": LEAKY_TRITON_STAND_IN}
 
 
 def flat_name(module: str) -> str:

@@ -15,20 +15,23 @@ Implementations with the same signature:
   O(T * C), never T x T.
 * :func:`leaky_average_scan` is exact and elementwise: recursive doubling (Hillis-Steele), where
   pass k adds to each step the partial sum ending k steps earlier, times the product of the k
-  decays in between: ceil(log2 T) passes over the sequence, no matmul. It is the default off the
-  CPU: under ``torch.compile`` each pass is one fused, memory-bound kernel (on an H200 0.85 ms
-  against the chunked form's 0.97, ``docs/benchmarks.md``, GPU round 3).
+  decays in between: ceil(log2 T) passes over the sequence, no matmul. The default on devices other
+  than the CPU without Triton: under ``torch.compile`` each pass is one fused, memory-bound kernel,
+  but the passes are unrolled into the graph and make the model slow to compile.
 * :func:`leaky_average_assoc` is exact: torch's associative scan over (log-decay, value) pairs,
-  which ``torch.compile`` lowers to one Triton scan kernel on CUDA (a GPU option, not the default:
-  not yet timed on one; ``--leaky assoc`` in ``benchmarks/bench_gpu_paper.py``).
+  which ``torch.compile`` lowers to one Triton scan kernel on CUDA (an option; eager it is the
+  slowest form).
+* :func:`leaky_average_triton` is our Triton kernel (:mod:`.leaky_triton`): one pass over the sequence per
+  direction, the backward's dot products in the same pass. The default on CUDA where Triton is
+  installed: the fastest form measured there, eager and compiled (``docs/benchmarks.md``, GPU round 4).
 * :func:`leaky_average_native` runs the literal recurrence in one compiled C pass
   (:mod:`.leaky_kernel`): the CPU default where the kernel is built, in float32 and bfloat16.
 * :func:`leaky_average_matrix` multiplies by the full (T x T) decay matrix: no branch or reshape
   depends on T, so ``torch.export`` records one graph for every length >= 1 (:func:`leaky_average`
   uses it while exporting). Memory O(T^2).
 
-:func:`leaky_average` runs the native kernel (CPU; the chunked form where it is not built) or the
-doubling scan (other devices) inside
+:func:`leaky_average` runs the native kernel (CPU; the chunked form where it is not built), the
+Triton kernel (CUDA, where Triton is installed) or the doubling scan (elsewhere) inside
 :class:`LeakyAverage`, an autograd function
 whose backward is another leaky average, backwards in time, so that training keeps only the output
 ``kbar`` (which the key normalisation keeps anyway) instead of the chunked form's intermediates:
@@ -52,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..common import exporting
-from . import leaky_kernel
+from . import leaky_kernel, leaky_triton
 
 DEFAULT_CHUNK = 16  # fastest on CPU for T in 256..4096 (benchmarks/bench_leaky_average.py --chunks)
 
@@ -208,7 +211,8 @@ def leaky_average_matrix(x: Tensor, log_decay: Tensor, state: Tensor | None = No
     return kbar
 
 
-METHODS = ("chunked", "scan", "native", "assoc")
+METHODS = ("chunked", "scan", "native", "assoc", "triton")
+_KERNELS = {"native": leaky_kernel, "triton": leaky_triton}  # the methods whose backward also forms the dots
 _chosen: str | None = None  # the method of the innermost :func:`use_method` block, if any
 
 
@@ -232,15 +236,24 @@ def leaky_average_native(x: Tensor, log_decay: Tensor, state: Tensor | None = No
     return leaky_kernel.leaky_scan(x, log_decay, state, reverse)
 
 
+def leaky_average_triton(x: Tensor, log_decay: Tensor, state: Tensor | None = None, reverse: bool = False) -> Tensor:
+    """The literal recurrence as one Triton kernel per direction (CUDA, Triton installed: :mod:`.leaky_triton`)."""
+    return leaky_triton.leaky_scan(x, log_decay, state, reverse)
+
+
 def _fast(x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None, reverse: bool = False) -> Tensor:
     """``method``: "chunked" (:func:`leaky_average_chunked`), "scan" (:func:`leaky_average_scan`),
-    "native" (:func:`leaky_average_native`), "assoc" (:func:`leaky_average_assoc`), or None: the
+    "native" (:func:`leaky_average_native`), "assoc" (:func:`leaky_average_assoc`), "triton"
+    (:func:`leaky_average_triton`), or None: the
     :func:`use_method` choice, else on the CPU the native kernel where it is built and supports x
-    (else chunked), the doubling scan on other devices. ``reverse``: time runs backwards
+    (else chunked), on CUDA the Triton kernel where Triton is installed, else the doubling scan.
+    ``reverse``: time runs backwards
     (kbar_t = lambda_t kbar_{t+1} + x_t)."""
     method = _resolve(x, method)
     if method == "native":
         return leaky_average_native(x, log_decay, state, reverse)
+    if method == "triton":
+        return leaky_average_triton(x, log_decay, state, reverse)
     if reverse:
         return _fast(x.flip(2), log_decay.flip(-1), state, method).flip(2)
     if method == "chunked":
@@ -252,16 +265,21 @@ def _fast(x: Tensor, log_decay: Tensor, state: Tensor | None, method: str | None
 
 def _resolve(x: Tensor, method: str | None) -> str:
     """The form that runs: ``method``, else the :func:`use_method` choice, else the device's default
-    (CPU: the native kernel where it supports x, else chunked; elsewhere the doubling scan)."""
-    if method is None:
-        method = _chosen or ("scan" if x.device.type != "cpu" else "native" if leaky_kernel.supports(x) else "chunked")
+    (CPU: the native kernel where it supports x, else chunked; CUDA: the Triton kernel where Triton
+    is installed; elsewhere the doubling scan)."""
+    if method is None and _chosen is not None:
+        method = _chosen
+    elif method is None and x.device.type == "cpu":
+        method = "native" if leaky_kernel.supports(x) else "chunked"
+    elif method is None:
+        method = "triton" if leaky_triton.supports(x) else "scan"
     if method not in METHODS:
         raise ValueError(f"leaky average method must be one of {METHODS}, got {method!r}")
     return method
 
 
 class LeakyAverage(torch.autograd.Function):
-    """The fast leaky average (chunked or doubling scan, see :func:`leaky_average`) with the
+    """The fast leaky average (any form of :func:`_fast`, see :func:`leaky_average`) with the
     backward of the module docstring (saves kbar only)."""
 
     @staticmethod
@@ -281,9 +299,9 @@ class LeakyAverage(torch.autograd.Function):
         # step's decay multiplies a zero state: a constant decay stays constant)
         shifted = log_decay if _constant_in_time(log_decay) else F.pad(logd[..., 1:], (0, 1))
         lam = logd.exp()
-        if ctx.method == "native":  # g~ in x's layout, and <g~_t, kbar_{t-1}> in the same pass if needed
+        if ctx.method in _KERNELS:  # g~ in x's layout, and <g~_t, kbar_{t-1}> in the same pass if needed
             kbar_for_dots = kbar if ctx.needs_input_grad[1] else None
-            g, dots = leaky_kernel.leaky_scan_grad(grad, shifted, kbar_for_dots, state, ctx.heads_last)
+            g, dots = _KERNELS[ctx.method].leaky_scan_grad(grad, shifted, kbar_for_dots, state, ctx.heads_last)
         else:
             g = _fast(grad, shifted, None, ctx.method, reverse=True)  # g~, (B, H, T, D)
             if ctx.needs_input_grad[1]:
@@ -301,8 +319,8 @@ class LeakyAverage(torch.autograd.Function):
 def leaky_average(x: Tensor, log_decay: Tensor, state: Tensor | None = None, method: str | None = None) -> Tensor:
     """The leaky average used by the layers: the fast, exact implementation (:class:`LeakyAverage`
     when gradients are needed; ``method`` as in :func:`_fast`: by default the native kernel on the
-    CPU, the doubling scan elsewhere); its branch-free matrix form while ``torch.export`` traces, so
-    that the sequence length stays symbolic."""
+    CPU, the Triton kernel on CUDA, the doubling scan elsewhere); its branch-free matrix form while
+    ``torch.export`` traces, so that the sequence length stays symbolic."""
     if exporting():
         return leaky_average_matrix(x, log_decay, state)
     if torch.is_grad_enabled():  # also at T = 1: the native kernel has no autograd formula of its own
