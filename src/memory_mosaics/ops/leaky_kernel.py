@@ -44,7 +44,9 @@ def supports(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.bfloat16) and available()
 
 
-def _empty_out(x: Tensor, heads_last: bool) -> Tensor:
+def empty_out(x: Tensor, heads_last: bool) -> Tensor:
+    """An uninitialised (B, H, T, D) output like x: laid out as (B, T, H, D) when ``heads_last`` (a
+    projection split into heads), else contiguous. Shared with :mod:`.leaky_triton`."""
     B, H, T, D = x.shape
     return x.new_empty(B, T, H, D).transpose(1, 2) if heads_last else x.new_empty(B, H, T, D)
 
@@ -68,7 +70,7 @@ def _leaky_scan(
     if lib is None:
         raise RuntimeError("the leaky-average kernel is unavailable in this process (see the warning above)")
     B, H, T, D = x.shape
-    y = _empty_out(x, heads_last)
+    y = empty_out(x, heads_last)
     dot = torch.empty(B, H, T, dtype=torch.float64) if kbar is not None else decay.new_empty(0)
     kernel = lib.leaky_scan_f64 if x.dtype == torch.float64 else lib.leaky_scan_f32
     native.run_shares(
@@ -85,7 +87,7 @@ def _leaky_scan(
 def _(x, decay, state, reverse, heads_last, kbar, kbar_state):
     B, H, T, _ = x.shape
     dot = decay.new_empty(B, H, T) if kbar is not None else decay.new_empty(0)
-    return _empty_out(x, heads_last), dot
+    return empty_out(x, heads_last), dot
 
 
 def _prepared(x: Tensor, state: Tensor | None, log_decay: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:

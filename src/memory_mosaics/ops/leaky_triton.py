@@ -28,6 +28,8 @@ import os
 import torch
 from torch import Tensor
 
+from .leaky_kernel import empty_out
+
 TILE = 4096  # elements of one (BLOCK_D x BLOCK_T) tile
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -67,11 +69,6 @@ def _blocks(D: int) -> tuple[int, int]:
     return block_d, max(16, min(128, TILE // block_d))
 
 
-def _empty_out(x: Tensor, heads_last: bool) -> Tensor:
-    B, H, T, D = x.shape
-    return x.new_empty(B, T, H, D).transpose(1, 2) if heads_last else x.new_empty(B, H, T, D)
-
-
 def _leaky_scan(
     x: Tensor,
     log_decay: Tensor,
@@ -87,7 +84,7 @@ def _leaky_scan(
     (B, H, T, D), unit stride along D: dot (B, H, T) float32 (float64 for float64 x), ``<y_t, kbar_{t-1}>`` (kbar_{-1} =
     ``kbar_state`` or 0), else an empty tensor."""
     B, H, T, D = x.shape
-    y = _empty_out(x, heads_last)
+    y = empty_out(x, heads_last)
     block_d, block_t = _blocks(D)
     n_blocks = -(-D // block_d)
     real = torch.float64 if x.dtype == torch.float64 else torch.float32
