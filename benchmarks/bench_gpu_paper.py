@@ -12,9 +12,10 @@ AdamW steps under bf16 autocast on ``--tokens`` tokens per step (micro-batch = t
 default is the paper preset's 32 sequences of 512) of random tokens, and prints tokens/s, peak
 memory and MFU. ``--dropout authors``: the Mosaic with the authors' dropouts (residual 0.05, P-mem
 retrieval 0.05), GPT-2 with 0.05; ``off``: none. ``--leaky``: the Mosaic's leaky-average form
-(``ops.leaky_average.use_method``; ``auto``, the default, is the doubling scan on a GPU; ``assoc``,
-torch's associative scan, one Triton scan kernel under ``torch.compile``; ``triton``, our Triton
-kernel, ``ops.leaky_triton``). ``--models``: which of the two to run (both by default).
+(``ops.leaky_average.use_method``; ``auto``, the default, is the Triton kernel on CUDA where Triton
+is installed, else the doubling scan; ``assoc``, torch's associative scan, one Triton scan kernel
+under ``torch.compile``; ``triton``, our Triton kernel, ``ops.leaky_triton``). ``--models``: which
+of the two to run (both by default).
 ``--profile DIR`` profiles two more steps of each configuration with ``torch.profiler`` and writes the
 kernels that took the most GPU time to ``DIR/<model>-<depth>-<mode>-T<context>.txt``. Model FLOPs
 per token (nanoGPT's convention): 6 N + 12 L d T, N the
