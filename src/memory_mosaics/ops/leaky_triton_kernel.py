@@ -44,6 +44,7 @@ def leaky_scan_kernel(
             t = T - 1 - pos
         else:
             t = pos
+        t = t.to(tl.int64)  # t * stride can pass 2^31 in a long sequence
         mask = dmask[:, None] & tmask[None, :]  # (BLOCK_D, BLOCK_T)
         x = tl.load(X + b * sxb + h * sxh + t[None, :] * sxt + d[:, None], mask=mask, other=0.0).to(carry.dtype)
         logd = tl.load(LOGD + b * sdb + h * sdh + t * sdt, mask=tmask, other=0.0).to(carry.dtype)
