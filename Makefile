@@ -49,7 +49,8 @@ bench: $(BIN)/.installed
 # on a CUDA machine: whole models (tokens/s, MFU, kernel profiles) and a block part by part
 bench-gpu: $(BIN)/.installed
 	mkdir -p results && cd benchmarks && ../$(BIN)/python bench_gpu_paper.py --depths 12 --modes compile \
-	  --contexts 512 2048 --profile ../results/gpu_profiles --budget-s 600 --out ../results/gpu_paper.json \
+	  --contexts 512 2048 --leaky triton assoc --isolate 300 --profile ../results/gpu_profiles --budget-s 1500 \
+	  --out ../results/gpu_paper.json \
 	  && ../$(BIN)/python bench_gpu_ops.py --out ../results/gpu_ops.json
 
 clean:
