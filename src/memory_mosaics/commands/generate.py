@@ -52,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the decoding step (pays off on long generations; not for a Mosaic on the CPU, "
-        "whose eager step runs its C kernels and is faster)",
+        help="torch.compile the decoding step (pays off on long generations; for a Mosaic on the CPU, whose "
+        "eager step runs its C kernels, the two are close)",
     )
     parser.add_argument(
         "--max-prompt-tokens",

@@ -239,9 +239,9 @@ class LanguageModel(nn.Module, abc.ABC):
         at ``eos_token`` may never use, grows the caches as it goes).
         ``compile``: run each decoding step through ``torch.compile`` (dynamic shapes: one
         compilation serves every cache length; worth its compilation time on long generations,
-        ``docs/benchmarks.md``). Not for a Memory Mosaic on the CPU in fp32 or fp64: its eager step
-        runs the memory-step kernels (:mod:`..ops.memory_step`), which a compiled step does not,
-        and measured faster (round 5).
+        ``docs/benchmarks.md``). For a Memory Mosaic on the CPU in fp32 or fp64 the eager step runs
+        the memory-step kernels (:mod:`..ops.memory_step`), which a compiled step does not; the two
+        measured close, either way round (rounds 5 and 6), and compiling costs 16-41 s.
         """
         self.check_tokens(idx)
         if max_new_tokens < 0:
