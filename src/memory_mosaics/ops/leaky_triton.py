@@ -32,8 +32,6 @@ from .leaky_kernel import empty_out
 
 TILE = 4096  # elements of one (BLOCK_D x BLOCK_T) tile
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 _TRITON = importlib.util.find_spec("triton") is not None  # looked up once: torch.compile traces the callers
 
 
@@ -81,8 +79,8 @@ def _leaky_scan(
     """x (B, H, T, D), unit stride along D; log_decay (B, H, T) float32 / float64, any strides; state
     (B, H, D) contiguous or None -> (y, dot): y (B, H, T, D) in x's dtype, laid out as (B, T, H, D)
     when ``heads_last``; ``reverse``: the recurrence runs from t = T - 1 down to 0. With ``kbar``
-    (B, H, T, D), unit stride along D: dot (B, H, T) float32 (float64 for float64 x), ``<y_t, kbar_{t-1}>`` (kbar_{-1} =
-    ``kbar_state`` or 0), else an empty tensor."""
+    (B, H, T, D), unit stride along D: dot (B, H, T), ``<y_t, kbar_{t-1}>`` (kbar_{-1} =
+    ``kbar_state`` or 0) in float32 (float64 for float64 x), else an empty tensor."""
     B, H, T, D = x.shape
     y = empty_out(x, heads_last)
     block_d, block_t = _blocks(D)
@@ -147,11 +145,10 @@ def leaky_scan_grad(
     grad: Tensor, log_decay: Tensor, kbar: Tensor | None, kbar_state: Tensor | None, heads_last: bool
 ) -> tuple[Tensor, Tensor | None]:
     """The backward's reverse scan ``g~_t = g_t + lambda_t g~_{t+1}`` of ``grad`` (B, H, T, D), with
-    ``log_decay`` the shifted decays, and ``<g~_t, kbar_{t-1}>`` (B, H, T) in float32 (float64 for
-    float64 ``grad``) in the same pass
-    (``kbar`` the forward's output, ``kbar_state`` its initial state or None; no dots without
-    ``kbar``). Returns (g~ in grad's dtype, laid out as (B, T, H, D) when ``heads_last``, the dots
-    or None)."""
+    ``log_decay`` the shifted decays, and in the same pass ``<g~_t, kbar_{t-1}>`` (B, H, T) in float32
+    (float64 for float64 ``grad``): ``kbar`` is the forward's output, ``kbar_state`` its initial
+    state or None; no dots without ``kbar``. Returns (g~ in grad's dtype, laid out as (B, T, H, D)
+    when ``heads_last``; the dots or None)."""
     g, logd = _prepared(grad, log_decay)
     k = None if kbar is None else (kbar if kbar.stride(-1) == 1 else kbar.contiguous())
     ks = None if kbar is None or kbar_state is None else kbar_state.to(k.dtype).contiguous()
