@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--n-embd", type=int, default=768)
     p.add_argument("--n-head", type=int, default=12)
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--no-compile", action="store_true", help="eager rows only (no torch.compile)")
     p.add_argument(
         "--parts",
         choices=["all", "blocks", "leaky"],
@@ -184,7 +184,8 @@ def main() -> None:
         for method in methods:
             leaky = lambda x, method=method: LeakyAverage.apply(x, log_decay, None, method)  # noqa: E731
             record(T, f"leaky average, {method}", fwd_bwd(leaky, xs, dev))
-            record(T, f"leaky average, {method}, compiled", fwd_bwd(torch.compile(leaky), xs, dev))
+            if not args.no_compile:
+                record(T, f"leaky average, {method}, compiled", fwd_bwd(torch.compile(leaky), xs, dev))
 
 
 if __name__ == "__main__":
