@@ -45,6 +45,7 @@ import tempfile
 import time
 
 import torch
+from common import positive_float, positive_int
 
 from memory_mosaics import GPTLM, GPTConfig, MosaicConfig, MosaicLM
 from memory_mosaics.ops.leaky_average import METHODS, use_method
@@ -188,22 +189,24 @@ def isolated(args: argparse.Namespace, context: int, mode: str, depth: int, kind
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--depths", type=int, nargs="+", default=[1, 12])
+    p.add_argument("--depths", type=positive_int, nargs="+", default=[1, 12])
     p.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
-    p.add_argument("--contexts", type=int, nargs="+", default=[512])
-    p.add_argument("--tokens", type=int, default=16384, help="tokens per step: micro-batch = tokens / context")
+    p.add_argument("--contexts", type=positive_int, nargs="+", default=[512])
+    p.add_argument("--tokens", type=positive_int, default=16384, help="tokens per step: micro-batch = tokens / context")
     p.add_argument("--dropout", choices=["authors", "off"], default="authors")
     p.add_argument(
         "--leaky", nargs="+", choices=["auto", *METHODS], default=["auto"], help="the Mosaic's leaky-average form(s)"
     )
     p.add_argument("--models", nargs="+", choices=["mosaic", "gpt"], default=["mosaic", "gpt"])
     p.add_argument("--profile", metavar="DIR", help="profile each configuration; kernel tables to DIR")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--peak-tflops", type=float, default=989.0)
-    p.add_argument("--budget-s", type=float, default=150.0, help="start no configuration after this many seconds")
+    p.add_argument("--steps", type=positive_int, default=10)
+    p.add_argument("--peak-tflops", type=positive_float, default=989.0)
+    p.add_argument(
+        "--budget-s", type=positive_float, default=150.0, help="start no configuration after this many seconds"
+    )
     p.add_argument(
         "--isolate",
-        type=float,
+        type=positive_float,
         metavar="SECONDS",
         help="each configuration in its own process, empty caches, time limit",
     )
@@ -228,7 +231,7 @@ def main() -> None:
         if time.time() - start > args.budget_s:
             print(f"budget reached: skipping {name}", flush=True)
             continue
-        if args.isolate:
+        if args.isolate is not None:
             results += isolated(args, context, mode, depth, kind, leaky)
         else:
             micro_batch = max(1, args.tokens // context)

@@ -41,3 +41,10 @@ def test_bench_gpu_ops_leaky_rows_on_the_cpu(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {r["what"] for r in rows} >= {"leaky average, chunked", "leaky average, native"}
     assert all("ms" in r for r in rows)
+
+
+def test_bench_gpu_paper_refuses_bad_numbers_in_one_line():
+    for option, value in (("--isolate", "0"), ("--isolate", "nan"), ("--steps", "0"), ("--budget-s", "-1")):
+        run = _run("bench_gpu_paper.py", "--device", "cpu", option, value, timeout=120)
+        assert run.returncode == 2, (option, value, run.stderr[-500:])
+        assert run.stderr.strip().splitlines()[-1].startswith("bench_gpu_paper.py: error: argument " + option)

@@ -87,21 +87,20 @@ def _leaky_scan(
     n_blocks = -(-D // block_d)
     real = torch.float64 if x.dtype == torch.float64 else torch.float32
     parts = x.new_empty((n_blocks, B, H, T) if kbar is not None else (0,), dtype=real)
-    if B * H * T * D == 0:
-        return y, parts.sum(0) if kbar is not None else parts
     k = kbar if kbar is not None else x
-    torch.library.wrap_triton(_kernel())[(B * H, n_blocks)](
-        x, *x.stride()[:3],
-        log_decay, *log_decay.stride(),
-        state if state is not None else x,
-        y, *y.stride()[:3],
-        k, *k.stride()[:3],
-        kbar_state if kbar_state is not None else x,
-        parts,
-        B, H, T, D,
-        HAS_STATE=state is not None, REVERSE=reverse, WITH_DOT=kbar is not None, HAS_KS=kbar_state is not None,
-        IS_F64=real == torch.float64, BLOCK_D=block_d, BLOCK_T=block_t,
-    )  # fmt: skip
+    if B * H * T * D > 0:
+        torch.library.wrap_triton(_kernel())[(B * H, n_blocks)](
+            x, *x.stride()[:3],
+            log_decay, *log_decay.stride(),
+            state if state is not None else x,
+            y, *y.stride()[:3],
+            k, *k.stride()[:3],
+            kbar_state if kbar_state is not None else x,
+            parts,
+            B, H, T, D,
+            HAS_STATE=state is not None, REVERSE=reverse, WITH_DOT=kbar is not None, HAS_KS=kbar_state is not None,
+            IS_F64=real == torch.float64, BLOCK_D=block_d, BLOCK_T=block_t,
+        )  # fmt: skip
     return y, parts.sum(0) if kbar is not None else parts
 
 
