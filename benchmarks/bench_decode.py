@@ -4,16 +4,20 @@ Compares MosaicLM with its memory as the cache, MosaicLM recomputing the full fo
 new token (batch 1), and GPTLM with its KV cache, at each batch size; with ``--compile`` also both
 models with their decoding step under ``torch.compile`` (timed after a warm-up generation that
 compiles it; the compilation time is printed). The two models' generations alternate, min of
-``repeats`` each.
+``repeats`` each; the Mosaic / GPT-2 ratio is printed with the median and range of the per-round
+ratios (``common.Ratio``).
 
     python benchmarks/bench_decode.py [--prompt 768] [--new 256] [--batch 1 8] [--repeats 5] [--compile]
+                                      [--json results.json]
 """
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
-from common import best_time, gpt, header, mosaic, positive_int
+from common import Ratio, alternated, best_time, gpt, header, mosaic, positive_int
 
 
 @torch.no_grad()
@@ -37,18 +41,6 @@ def recompute_time(model, prompt_len, new, samples=5, repeats=2):
     return sum(per_step) / len(per_step) * new
 
 
-def alternated(runs: dict, repeats: int) -> dict:
-    """Min time of each of ``runs`` over ``repeats`` rounds, the runs alternating within a round (this
-    machine's speed drifts: a model timed only in a slow phase would look slower)."""
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--prompt", type=positive_int, default=768)
@@ -56,11 +48,13 @@ def main():
     p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8])
     p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--compile", action="store_true", help="also time compiled decoding steps")
+    p.add_argument("--json", type=Path, help="also write every round's times and the ratios here")
     args = p.parse_args()
     header(f"decoding {args.new} tokens after a {args.prompt}-token prompt, n_layer 4, d 256")
     torch.manual_seed(0)
     m, g = mosaic().eval(), gpt(args.prompt + args.new).eval()
     rate = lambda t, B: B * args.new / t  # noqa: E731
+    results = []
     for B in args.batch:
         prompt = torch.randint(0, 8192, (B, args.prompt))
         modes = [False, True] if args.compile else [False]
@@ -80,17 +74,22 @@ def main():
                     print(f"batch {B}: {name} compiled step: first generation {time.perf_counter() - start:.1f} s")
                 else:
                     runs[name]()  # warm-up
-            for name, t in alternated(runs, args.repeats).items():
-                times[name, compiled] = t
+            rounds = alternated(runs, args.repeats)
+            for name, ts in rounds.items():
+                t = times[name, compiled] = min(ts)
                 label = f"{name}, {'memory' if name == 'mosaic' else 'KV'} cache{', compiled' if compiled else ''}"
                 print(f"batch {B}: {label:32s} {t:7.2f} s  {rate(t, B):8.1f} tokens/s")
-            ratio = times["mosaic", compiled] / times["gpt", compiled]
-            print(f"batch {B}: mosaic cache time / gpt cache time{' (both compiled)' if compiled else ''}: {ratio:.2f}")
+            ratio = Ratio.of(rounds["mosaic"], rounds["gpt"])
+            print(f"batch {B}: mosaic cache time / gpt cache time{' (both compiled)' if compiled else ''}: {ratio}")
+            results.append({"batch": B, "compiled": compiled, "seconds": rounds, "ratio": vars(ratio)})
         if B == 1:
             t_full = recompute_time(m, args.prompt, args.new)
             assert torch.equal(m.generate(prompt, 16, temperature=0), recompute(m, prompt, 16))
             print(f"batch 1: mosaic, full recompute {t_full:7.2f} s  (from 5 timed forward lengths)")
             print(f"batch 1: speed-up of the memory cache over recomputation: {t_full / times['mosaic', False]:.1f}x")
+            results.append({"batch": 1, "recompute_seconds": t_full, "speedup": t_full / times["mosaic", False]})
+    if args.json:
+        args.json.write_text(json.dumps({"threads": torch.get_num_threads(), "runs": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -54,6 +56,43 @@ def best_time(fn, repeats: int = 5, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def alternated(runs: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall time of each of ``runs`` (name -> callable) in each of ``repeats`` rounds, the runs
+    alternating within a round: this machine's speed drifts by 10-20% within minutes, and a model
+    timed only in a slow phase would look slower. Returns name -> list of ``repeats`` times (s)."""
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Time of run a over time of run b, from rounds where the two alternated.
+
+    ``of_mins``: min(a) / min(b), the figure the tables report; ``median``, ``low``, ``high``: the
+    median and range of the per-round ratios a_i / b_i. The two runs of a round are seconds apart, so
+    the per-round ratios cancel drift slower than that; their spread is the measurement's noise."""
+
+    of_mins: float
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, a: list[float], b: list[float]) -> Ratio:
+        if len(a) != len(b) or not a:
+            raise ValueError(f"need the same number (>= 1) of rounds for both runs, got {len(a)} and {len(b)}")
+        per_round = [x / y for x, y in zip(a, b)]
+        return cls(min(a) / min(b), statistics.median(per_round), min(per_round), max(per_round))
+
+    def __str__(self) -> str:
+        return f"{self.of_mins:.2f} (per-round ratios: median {self.median:.2f}, range {self.low:.2f}-{self.high:.2f})"
 
 
 def header(title: str) -> None:
