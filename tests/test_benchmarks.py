@@ -67,3 +67,15 @@ def test_bench_decode_alternates_and_writes_json(tmp_path):
     ratio = timed["ratio"]
     assert ratio["of_mins"] == pytest.approx(min(timed["seconds"]["mosaic"]) / min(timed["seconds"]["gpt"]))
     assert recompute["speedup"] > 0
+
+
+def test_bench_block_parts_products_count_each_parts_flops():
+    run = _run("bench_block_parts.py", "--T", "64", "--batch", "2", "--repeats", "1", "--rounds", "1", "--products")
+    assert run.returncode == 0, run.stderr[-2000:]
+    floors = {line.split()[0]: line.split()[-2] for line in run.stdout.splitlines() if "products' floor" in line}
+    # M = 128 tokens, d 256, 4 heads of 64, a bank of 896 pairs; a product a @ b costs 2 * a.numel() * b's columns
+    M, d = 128, 256
+    pmem = 2 * 3 * 2 * M * d * d + 6 * 2 * 4 * M * 64 * 896  # W_phi and W_o, and the read's six products
+    expected = {"C-mem": 3 * 3 * 2 * M * d * d, "P-mem": pmem, "attention": 3 * 2 * M * d * 4 * d,
+                "MLP": 6 * 2 * M * d * 4 * d}  # fmt: skip
+    assert floors == {name: f"{flop / 1e9:.2f}" for name, flop in expected.items()}
