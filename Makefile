@@ -39,7 +39,7 @@ test-wheel: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	cd benchmarks && ../$(BIN)/python count_flops.py && ../$(BIN)/python bench_leaky_average.py \
-	  && ../$(BIN)/python bench_unit_rows.py && ../$(BIN)/python bench_block_parts.py && ../$(BIN)/python bench_readout.py \
+	  && ../$(BIN)/python bench_unit_rows.py && ../$(BIN)/python bench_block_parts.py --products && ../$(BIN)/python bench_readout.py \
 	  && ../$(BIN)/python bench_train_step.py \
 	  && ../$(BIN)/python bench_decode.py --compile && ../$(BIN)/python bench_step_overhead.py \
 	  && ../$(BIN)/python bench_memory_step.py && ../$(BIN)/python bench_memory.py && ../$(BIN)/python bench_memory.py --grad \

@@ -1,9 +1,11 @@
 """One block's parts, forward + backward: the Mosaic's memories against GPT-2's attention and MLP.
 
-    python benchmarks/bench_block_parts.py [--T 256] [--batch 4] [--repeats 10] [--rounds 3] [--products]
+    python benchmarks/bench_block_parts.py [--T 256] [--batch 4] [--repeats 10] [--rounds 3] [--dropout 0.05]
+                                          [--products]
 
 Each part of block 0 (contextual memory, persistent memory; attention, MLP) runs alone on a random
-input (batch, T, 256) with a fixed random gradient, fp32, with freed memory kept
+input (batch, T, 256) with a fixed random gradient, fp32 (``--dropout``: each training recipe's
+dropouts, as in ``bench_train_step.py``), with freed memory kept
 (``training.allocator``: no page faults in the timings). Each round prints every part's min time;
 the rounds show the noise. Where the whole step's difference goes: ``docs/benchmarks.md``, round 4.
 
@@ -64,12 +66,14 @@ def main():
     p.add_argument("--batch", type=positive_int, default=4)
     p.add_argument("--repeats", type=positive_int, default=10)
     p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--dropout", type=float, default=0.0, help="each recipe's dropouts, as in bench_train_step.py")
     p.add_argument("--products", action="store_true", help="also time each part's matrix products alone")
     args = p.parse_args()
     keep_freed_memory()
-    header(f"one block's parts, forward + backward, x ({args.batch}, {args.T}, 256), fp32, ms")
+    header(f"one block's parts, forward + backward, x ({args.batch}, {args.T}, 256), dropout {args.dropout}, fp32, ms")
     torch.manual_seed(0)
-    block, gpt_block = mosaic().train().blocks[0], gpt(args.T).train().blocks[0]
+    block = mosaic(dropout=args.dropout, pmem_attn_dropout=args.dropout).train().blocks[0]
+    gpt_block = gpt(args.T, dropout=args.dropout).train().blocks[0]
     parts = {"C-mem": block.cmem, "P-mem": block.pmem, "attention": gpt_block.attn, "MLP": gpt_block.mlp}
     x = torch.randn(args.batch, args.T, 256, requires_grad=True)
     grad = torch.randn(args.batch, args.T, 256)
