@@ -206,3 +206,54 @@ def test_a_whole_model_trains_the_same_with_the_kernel(v2):
     assert len(grads_k) == len(grads_s) > 0
     for a, b in zip(grads_k, grads_s):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+
+
+AOT_SCRIPT = r"""
+import inspect, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from memory_mosaics.ops import leaky_triton
+from memory_mosaics.ops.leaky_triton_kernel import leaky_scan_kernel as kernel
+
+names = list(inspect.signature(kernel.fn).parameters)
+ELEMENT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
+results = []
+for arch, dtype, backward in json.loads(sys.argv[1]):
+    real = "fp64" if dtype == "float64" else "fp32"
+    ptrs = dict(X=ELEMENT[dtype], LOGD=real, S=ELEMENT[dtype], Y=ELEMENT[dtype], K=ELEMENT[dtype],
+                KS=ELEMENT[dtype], DOT=real)
+    block_d, block_t = leaky_triton._blocks(64)  # the paper's head size
+    const = dict(HAS_STATE=not backward, REVERSE=backward, WITH_DOT=backward, HAS_KS=backward,
+                 IS_F64=dtype == "float64", BLOCK_D=block_d, BLOCK_T=block_t)
+    sig = {n: "*" + ptrs[n] if n in ptrs else "constexpr" if n in const else "i32" for n in names}
+    constexprs = {(names.index(n),): v for n, v in const.items()}
+    src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32))
+    results.append(dict(arch=arch, dtype=dtype, backward=backward, cubin=len(compiled.asm["cubin"]),
+                        shared=compiled.metadata.shared))
+print(json.dumps(results))
+"""
+
+
+def test_the_kernel_compiles_to_cubin_for_a100_and_h100_ahead_of_time():
+    """The interpreter runs the kernel's Python, not Triton's compiler: here the whole NVIDIA pipeline
+    (TTIR, TTGIR, LLVM IR, PTX, then ptxas to a cubin) runs on the CPU for sm_80 (A100) and sm_90
+    (H100), forward and backward, every dtype, so that a kernel change that only a GPU compile would
+    reject fails in CI. Its shared memory must fit one block on each (164 and 227 KiB)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    jobs = [(90, dtype, backward) for dtype in ("bfloat16", "float16", "float32", "float64") for backward in (0, 1)]
+    jobs += [(80, "bfloat16", 0), (80, "bfloat16", 1)]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run(
+        [sys.executable, "-c", AOT_SCRIPT, json.dumps(jobs)], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert [(r["arch"], r["dtype"], r["backward"]) for r in results] == jobs
+    for r in results:
+        assert r["cubin"] > 0, r
+        assert r["shared"] <= {80: 164, 90: 227}[r["arch"]] * 1024, r
