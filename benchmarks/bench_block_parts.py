@@ -19,7 +19,7 @@ import argparse
 import contextlib
 
 import torch
-from common import best_time, gpt, header, mosaic, positive_int
+from common import best_time, gpt, header, mosaic, positive_int, probability
 
 from memory_mosaics.training.allocator import keep_freed_memory
 
@@ -67,7 +67,7 @@ def main():
     p.add_argument("--batch", type=positive_int, default=4)
     p.add_argument("--repeats", type=positive_int, default=10)
     p.add_argument("--rounds", type=positive_int, default=3)
-    p.add_argument("--dropout", type=float, default=0.0, help="each recipe's dropouts, as in bench_train_step.py")
+    p.add_argument("--dropout", type=probability, default=0.0, help="each recipe's dropouts, as in bench_train_step.py")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: the parts under autocast")
     p.add_argument("--products", action="store_true", help="also time each part's matrix products alone")
     args = p.parse_args()

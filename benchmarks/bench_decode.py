@@ -14,10 +14,9 @@ ratios (``common.Ratio``).
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
-from common import Ratio, alternated, best_time, gpt, header, mosaic, positive_int
+from common import Ratio, alternated, best_time, gpt, header, json_out, mosaic, positive_int
 
 
 @torch.no_grad()
@@ -48,7 +47,7 @@ def main():
     p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8])
     p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--compile", action="store_true", help="also time compiled decoding steps")
-    p.add_argument("--json", type=Path, help="also write every round's times and the ratios here")
+    p.add_argument("--json", type=json_out, help="also write every round's times and the ratios here")
     args = p.parse_args()
     header(f"decoding {args.new} tokens after a {args.prompt}-token prompt, n_layer 4, d 256")
     torch.manual_seed(0)

@@ -19,10 +19,9 @@ to bfloat16 (weights and optimiser in fp32). ``--compile``: both models under ``
 import argparse
 import contextlib
 import json
-from pathlib import Path
 
 import torch
-from common import Ratio, alternated, gpt, header, mosaic, positive_int
+from common import Ratio, alternated, gpt, header, json_out, mosaic, positive_int, probability
 
 from memory_mosaics.training.allocator import keep_freed_memory
 
@@ -47,11 +46,11 @@ def main():
     p.add_argument("--T", type=positive_int, nargs="+", default=[256, 1024])
     p.add_argument("--batch", type=positive_int, default=4)
     p.add_argument("--repeats", type=positive_int, default=5)
-    p.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.05])
+    p.add_argument("--dropout", type=probability, nargs="+", default=[0.0, 0.05])
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="both models under torch.compile")
     p.add_argument("--keep-cpu-memory", action="store_true", help="keep freed memory for reuse, as the trainer does")
-    p.add_argument("--json", type=Path, help="also write every round's times and the ratios here")
+    p.add_argument("--json", type=json_out, help="also write every round's times and the ratios here")
     args = p.parse_args()
     mode = ", torch.compile" if args.compile else ""
     if args.keep_cpu_memory:

@@ -7,6 +7,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -46,16 +47,33 @@ def positive_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """argparse type: a dropout probability in [0, 1) (else argparse's one-line error and exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def json_out(text: str) -> Path:
+    """argparse type: a file to write results to, checked before the run (not after minutes of it):
+    its folder must exist and the path must not be a folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {path.parent} does not exist")
+    return path
+
+
 def best_time(fn, repeats: int = 5, warmup: int = 1) -> float:
     """Minimum wall time of ``fn()`` over ``repeats`` runs (CPU timings are noisy: report the min)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(alternated({"fn": fn}, repeats)["fn"])
 
 
 def alternated(runs: dict, repeats: int) -> dict[str, list[float]]:

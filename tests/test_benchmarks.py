@@ -79,3 +79,25 @@ def test_bench_block_parts_products_count_each_parts_flops():
     expected = {"C-mem": 3 * 3 * 2 * M * d * d, "P-mem": pmem, "attention": 3 * 2 * M * d * 4 * d,
                 "MLP": 6 * 2 * M * d * 4 * d}  # fmt: skip
     assert floors == {name: f"{flop / 1e9:.2f}" for name, flop in expected.items()}
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("bench_train_step.py", ["--dropout", "nan"], "must be in [0, 1)"),
+        ("bench_train_step.py", ["--dropout", "1"], "must be in [0, 1)"),
+        ("bench_block_parts.py", ["--dropout", "-0.1"], "must be in [0, 1)"),
+        ("bench_block_parts.py", ["--dropout", "x"], "not a number"),
+        ("bench_decode.py", ["--json", "/nonexistent-folder/out.json"], "does not exist"),
+        ("bench_train_step.py", ["--json", "."], "is a folder"),
+    ],
+)
+def test_bad_options_give_one_line_errors_before_any_run(script, args, message):
+    run = _run(script, *args)
+    assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+
+
+def test_best_time_is_the_minimum_after_the_warmup():
+    calls = []
+    assert common.best_time(lambda: calls.append(1), repeats=4, warmup=2) >= 0
+    assert len(calls) == 6
